@@ -1,0 +1,1 @@
+"""Pure domain: no gRPC, no protobuf, no SQL."""

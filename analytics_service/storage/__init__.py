@@ -1,0 +1,1 @@
+"""Persistence through SQLAlchemy async (Postgres via asyncpg, SQLite via aiosqlite)."""

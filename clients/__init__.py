@@ -1,0 +1,1 @@
+"""The stepstream Python SDK and the `stepstream` CLI."""

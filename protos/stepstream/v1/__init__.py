@@ -1,0 +1,1 @@
+"""Generated stubs of the `stepstream.v1` protobuf package (see protos/generate.py)."""
