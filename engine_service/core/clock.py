@@ -1,0 +1,35 @@
+"""Time as the engine sees it: wall-clock timestamps for events, loop time for waiting.
+
+Waiting (backoff, timeouts) always uses the event loop's clock, so tests that run the
+loop on virtual time (looptime) get exact, instant waits. `LoopClock` derives timestamps
+from that same loop clock, so event timestamps agree with the waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class LoopClock:
+    """Timestamps from the running loop's time, counted from a fixed origin."""
+
+    def __init__(self, origin: datetime = datetime(2026, 1, 1, tzinfo=UTC)) -> None:
+        self._origin = origin
+        self._loop_start: float | None = None
+
+    def now(self) -> datetime:
+        loop_time = asyncio.get_running_loop().time()
+        if self._loop_start is None:
+            self._loop_start = loop_time
+        return self._origin + timedelta(seconds=loop_time - self._loop_start)

@@ -1,0 +1,374 @@
+"""The engine facade: workflows, executions and the runners that drive them.
+
+Transport calls these methods; each execution that is not finished has one
+`ExecutionRunner` task in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import jsonschema
+
+from engine_service.core.actions import ActionContext, ActionError, ActionRegistry, builtin_actions
+from engine_service.core.bus import EventBus
+from engine_service.core.clock import Clock, SystemClock
+from engine_service.core.definitions import DefinitionLimits, parse_definition
+from engine_service.core.errors import IllegalTransition, InvalidArgument, NotFound, Problem
+from engine_service.core.model import WorkflowDefinition
+from engine_service.core.runner import ExecutionRunner
+from engine_service.core.state import (
+    EventKind,
+    ExecutionEvent,
+    ExecutionState,
+    ExecutionStatus,
+    StepState,
+    apply,
+    blank,
+    replay,
+)
+from engine_service.core.store import ExecutionQuery, ExecutionStore, Page, WorkflowQuery
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[ExecutionState, Sequence[ExecutionEvent]], None]
+SUCCESSFUL = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.COMPLETED_WITH_ERRORS})
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    # Steps of one execution running at once when its definition says 0; 0 is no limit.
+    max_steps_per_execution: int = 0
+    # Steps running at once across every execution of this engine.
+    max_concurrent_steps: int = 256
+    # How deep sub-workflows may nest.
+    max_workflow_depth: int = 5
+    definition_limits: DefinitionLimits = field(default_factory=DefinitionLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class ParentLink:
+    execution_id: str
+    step_id: str
+    depth: int
+
+
+class EnvironmentSecrets(Mapping[str, str]):
+    """Secrets from `STEPSTREAM_SECRET_<NAME>` environment variables, read when used."""
+
+    prefix = "STEPSTREAM_SECRET_"
+
+    def __getitem__(self, name: str) -> str:
+        return os.environ[self.prefix + name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k[len(self.prefix) :] for k in os.environ if k.startswith(self.prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class Engine:
+    def __init__(
+        self,
+        store: ExecutionStore,
+        *,
+        actions: ActionRegistry | None = None,
+        config: EngineConfig | None = None,
+        clock: Clock | None = None,
+        secrets: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
+        bus: EventBus | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config or EngineConfig()
+        self.actions = actions or builtin_actions()
+        self.actions.register("workflow", self._run_child_workflow)
+        self.clock: Clock = clock or SystemClock()
+        self.secrets: Mapping[str, str] = secrets if secrets is not None else EnvironmentSecrets()
+        self.rng = rng or random.Random()
+        self.bus = bus or EventBus()
+        self.step_slots = asyncio.Semaphore(self.config.max_concurrent_steps)
+        self._runners: dict[str, ExecutionRunner] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._listeners: list[Listener] = []
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Continue every unfinished execution in the store; returns how many."""
+        unfinished = await self.store.unfinished_executions()
+        for state in unfinished:
+            definition = await self.store.get_workflow(
+                state.tenant, state.workflow_id, state.workflow_version
+            )
+            self._spawn(definition, state)
+        return len(unfinished)
+
+    async def stop(self) -> None:
+        """Stop driving executions without changing their committed state."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called after every commit with the new state and its events."""
+        self._listeners.append(listener)
+
+    @property
+    def active_executions(self) -> int:
+        return len(self._runners)
+
+    # ---- workflows -----------------------------------------------------------------
+
+    def parse(self, data: Mapping[str, Any], tenant: str) -> WorkflowDefinition:
+        return parse_definition({**data, "tenant": tenant}, limits=self.config.definition_limits)
+
+    async def register_workflow(self, data: Mapping[str, Any], tenant: str) -> WorkflowDefinition:
+        return await self.store.add_workflow(self.parse(data, tenant))
+
+    async def get_workflow(
+        self, tenant: str, workflow_id: str, version: int = 0
+    ) -> WorkflowDefinition:
+        return await self.store.get_workflow(tenant, workflow_id, version)
+
+    async def list_workflows(self, query: WorkflowQuery) -> Page[WorkflowDefinition]:
+        return await self.store.list_workflows(query)
+
+    # ---- executions ----------------------------------------------------------------
+
+    async def start_execution(
+        self,
+        tenant: str,
+        workflow_id: str,
+        *,
+        version: int = 0,
+        inputs: Mapping[str, Any] | None = None,
+        idempotency_key: str = "",
+        parent: ParentLink | None = None,
+        schedule_id: str = "",
+    ) -> tuple[ExecutionState, bool]:
+        """Start a run; with a known idempotency key, the first run and False."""
+        definition = await self.store.get_workflow(tenant, workflow_id, version)
+        inputs = dict(inputs or {})
+        _check_inputs(inputs, definition.input_schema)
+        state, event = self._new_execution(definition, inputs, idempotency_key, parent, schedule_id)
+        stored, created = await self.store.create_execution(state, [event])
+        if created:
+            self.committed(stored, [event])
+            self._spawn(definition, stored)
+        return stored, created
+
+    def _new_execution(
+        self,
+        definition: WorkflowDefinition,
+        inputs: dict[str, Any],
+        idempotency_key: str,
+        parent: ParentLink | None,
+        schedule_id: str,
+    ) -> tuple[ExecutionState, ExecutionEvent]:
+        now = self.clock.now()
+        state = ExecutionState(
+            id=str(uuid.uuid4()),
+            tenant=definition.tenant,
+            workflow_id=definition.id,
+            workflow_version=definition.version,
+            created_at=now,
+            steps={step.id: StepState(step.id) for step in definition.steps},
+            idempotency_key=idempotency_key,
+            parent_execution_id=parent.execution_id if parent else "",
+            parent_step_id=parent.step_id if parent else "",
+            depth=parent.depth if parent else 0,
+            schedule_id=schedule_id,
+        )
+        event = ExecutionEvent(
+            event_id=str(uuid.uuid4()),
+            execution_id=state.id,
+            sequence=1,
+            timestamp=now,
+            kind=EventKind.EXECUTION_STATUS_CHANGED,
+            tenant=state.tenant,
+            workflow_id=state.workflow_id,
+            workflow_version=state.workflow_version,
+            execution_status=ExecutionStatus.PENDING,
+            inputs=inputs,
+            parent_execution_id=state.parent_execution_id,
+            parent_step_id=state.parent_step_id,
+        )
+        return apply(state, event), event
+
+    async def get_execution(
+        self, execution_id: str, *, tenant: str | None = None, at_sequence: int = 0
+    ) -> ExecutionState:
+        state = await self._visible(execution_id, tenant)
+        if at_sequence <= 0:
+            return state
+        if at_sequence > state.last_sequence:
+            problem = Problem(
+                "at_sequence", f"the execution has {state.last_sequence} events, not {at_sequence}"
+            )
+            raise InvalidArgument(problems=[problem])
+        events = await self.store.read_events(execution_id, 0, limit=at_sequence)
+        return replay(blank(state), events)
+
+    async def list_executions(self, query: ExecutionQuery) -> Page[ExecutionState]:
+        return await self.store.list_executions(query)
+
+    async def read_events(
+        self, execution_id: str, after_sequence: int = 0, limit: int = 0
+    ) -> list[ExecutionEvent]:
+        return await self.store.read_events(execution_id, after_sequence, limit)
+
+    async def cancel_execution(
+        self, execution_id: str, *, tenant: str | None = None, reason: str = ""
+    ) -> ExecutionState:
+        runner = await self._runner(execution_id, tenant, ExecutionStatus.CANCELLED)
+        runner.request_cancel(reason)
+        await runner.finished.wait()
+        return runner.state
+
+    async def pause_execution(
+        self, execution_id: str, *, tenant: str | None = None
+    ) -> ExecutionState:
+        runner = await self._runner(execution_id, tenant, ExecutionStatus.PAUSED)
+        return await runner.pause()
+
+    async def resume_execution(
+        self,
+        execution_id: str,
+        *,
+        tenant: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionState:
+        runner = await self._runner(execution_id, tenant, ExecutionStatus.RUNNING)
+        return await runner.resume(dict(inputs or {}))
+
+    async def wait_for(self, execution_id: str) -> ExecutionState:
+        """The execution's state once it has ended (or stopped being driven here)."""
+        runner = self._runners.get(execution_id)
+        if runner is not None:
+            await runner.finished.wait()
+            return runner.state
+        return await self.store.get_execution(execution_id)
+
+    # ---- called by runners -------------------------------------------------------
+
+    def committed(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> None:
+        self.bus.publish(events)
+        for listener in self._listeners:
+            listener(state, events)
+        if state.status.is_terminal:
+            self.bus.close_execution(state.id)
+            if state.status not in SUCCESSFUL:
+                self._cancel_children(state.id)
+
+    def _cancel_children(self, parent_id: str) -> None:
+        for runner in list(self._runners.values()):
+            if runner.state.parent_execution_id == parent_id:
+                runner.request_cancel("the parent execution ended")
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _spawn(self, definition: WorkflowDefinition, state: ExecutionState) -> None:
+        state = _with_all_steps(state, definition)
+        runner = ExecutionRunner(self, definition, state)
+        self._runners[state.id] = runner
+        task = asyncio.create_task(self._drive(runner), name=f"execution:{state.id}")
+        self._tasks[state.id] = task
+
+    async def _drive(self, runner: ExecutionRunner) -> None:
+        execution_id = runner.state.id
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("runner of execution %s stopped unexpectedly", execution_id)
+        finally:
+            self._runners.pop(execution_id, None)
+            self._tasks.pop(execution_id, None)
+
+    async def _visible(self, execution_id: str, tenant: str | None) -> ExecutionState:
+        state = await self.store.get_execution(execution_id)
+        if tenant is not None and state.tenant != tenant:
+            raise NotFound(kind="execution", key=execution_id)
+        return state
+
+    async def _runner(
+        self, execution_id: str, tenant: str | None, requested: ExecutionStatus
+    ) -> ExecutionRunner:
+        state = await self._visible(execution_id, tenant)
+        runner = self._runners.get(execution_id)
+        if runner is None or state.status.is_terminal:
+            raise IllegalTransition(
+                subject=f"execution {execution_id}", current=state.status, requested=requested
+            )
+        return runner
+
+    async def _run_child_workflow(
+        self, parameters: Mapping[str, Any], context: ActionContext
+    ) -> Any:
+        workflow_id = parameters.get("workflow_id")
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise ActionError(
+                "`workflow_id` is required", error_type="InvalidParameters", retryable=False
+            )
+        parent = await self.store.get_execution(context.execution_id)
+        if parent.depth + 1 > self.config.max_workflow_depth:
+            raise ActionError(
+                f"sub-workflows nest deeper than {self.config.max_workflow_depth}",
+                error_type="SubWorkflowDepthExceeded",
+                retryable=False,
+            )
+        child = await self._start_child(parameters, context, workflow_id, parent.depth + 1)
+        final = await self.wait_for(child.id)
+        if final.status not in SUCCESSFUL:
+            raise ActionError(
+                f"child execution {child.id} ended {final.status}",
+                error_type="ChildWorkflowFailed",
+            )
+        return {"execution_id": child.id, "status": final.status.value, "outputs": final.outputs}
+
+    async def _start_child(
+        self, parameters: Mapping[str, Any], context: ActionContext, workflow_id: str, depth: int
+    ) -> ExecutionState:
+        inputs = parameters.get("inputs") or {}
+        try:
+            child, _ = await self.start_execution(
+                context.tenant,
+                workflow_id,
+                version=int(parameters.get("version") or 0),
+                inputs=inputs if isinstance(inputs, Mapping) else {"value": inputs},
+                idempotency_key=f"{context.execution_id}/{context.step_id}/{context.attempt}",
+                parent=ParentLink(context.execution_id, context.step_id, depth),
+            )
+        except NotFound as exc:
+            raise ActionError(str(exc), error_type="WorkflowNotFound", retryable=False) from exc
+        except InvalidArgument as exc:
+            raise ActionError(str(exc), error_type="InvalidInputs", retryable=False) from exc
+        return child
+
+
+def _with_all_steps(state: ExecutionState, definition: WorkflowDefinition) -> ExecutionState:
+    missing = {s.id: StepState(s.id) for s in definition.steps if s.id not in state.steps}
+    return replace(state, steps={**missing, **state.steps}) if missing else state
+
+
+def _check_inputs(inputs: Mapping[str, Any], schema: Mapping[str, Any] | None) -> None:
+    if not schema:
+        return
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    problems = [
+        Problem(".".join(["inputs", *(str(p) for p in error.absolute_path)]), error.message)
+        for error in validator.iter_errors(dict(inputs))
+    ]
+    if problems:
+        raise InvalidArgument(problems=problems)

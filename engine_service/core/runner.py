@@ -1,0 +1,650 @@
+"""Drives one execution: decides which steps start, runs their attempts, ends the run.
+
+Every state change goes through `_commit`, which numbers the events, checks them against
+the transition tables (via `state.apply`), stores them with the resulting state in one
+store call, then publishes them. Commits of one execution are serialized by a lock, so
+sequences are gap-free and decisions always see the committed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+
+from engine_service.core import references
+from engine_service.core.actions import ActionContext, ActionError
+from engine_service.core.conditions import evaluate_condition
+from engine_service.core.errors import ConditionError, IllegalTransition
+from engine_service.core.model import FailurePolicy, StepDefinition, WorkflowDefinition
+from engine_service.core.retry import backoff_delay, is_retryable
+from engine_service.core.state import (
+    FAILED_STEP_STATUSES,
+    EventKind,
+    ExecutionEvent,
+    ExecutionState,
+    ExecutionStatus,
+    Failure,
+    StepState,
+    StepStatus,
+    apply,
+)
+
+if TYPE_CHECKING:
+    from engine_service.core.engine import Engine
+
+log = logging.getLogger(__name__)
+
+ES = ExecutionStatus
+SS = StepStatus
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    parameters: Any
+    secret_values: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    """End the step without running it: SKIPPED, FAILED or PAUSED."""
+
+    status: StepStatus
+    error: Failure | None = None
+    missing_inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    status: StepStatus
+    output: Any = None
+    error: Failure | None = None
+    retryable: bool = False
+    duration: float = 0.0
+
+
+class ExecutionRunner:
+    def __init__(
+        self, engine: Engine, definition: WorkflowDefinition, state: ExecutionState
+    ) -> None:
+        self._engine = engine
+        self._definition = definition
+        self._state = state
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wakeup = asyncio.Event()
+        self._running_gate = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._cancel_reason: str | None = None
+        self._failure: tuple[str, Failure] | None = None
+        self.finished = asyncio.Event()
+        if state.status is not ES.PAUSED:
+            self._running_gate.set()
+
+    @property
+    def state(self) -> ExecutionState:
+        return self._state
+
+    # ---- commands (called by the engine) -------------------------------------------
+
+    def request_cancel(self, reason: str) -> None:
+        self._cancel_reason = reason or "cancelled"
+        self._wake()
+
+    async def pause(self) -> ExecutionState:
+        async with self._lock:
+            if self._state.status is ES.RUNNING and self._cancel_reason is None:
+                self._running_gate.clear()
+                await self._commit_locked([self._execution_event(ES.PAUSED)])
+                return self._state
+        raise self._refusal(ES.PAUSED)
+
+    async def resume(self, inputs: Mapping[str, Any]) -> ExecutionState:
+        async with self._lock:
+            if self._state.status is ES.PAUSED and self._cancel_reason is None:
+                events = [self._execution_event(ES.RUNNING, inputs=dict(inputs))]
+                events += [
+                    self._step_event(step_id, SS.PENDING)
+                    for step_id, step in self._state.steps.items()
+                    if step.status is SS.PAUSED
+                ]
+                await self._commit_locked(events)
+                self._running_gate.set()
+                self._wake()
+                return self._state
+        raise self._refusal(ES.RUNNING)
+
+    def _refusal(self, requested: ExecutionStatus) -> IllegalTransition:
+        current = "CANCELLING" if self._cancel_reason is not None else self._state.status
+        return IllegalTransition(
+            subject=f"execution {self._state.id}", current=current, requested=requested
+        )
+
+    # ---- the main loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self._cancel_tasks()
+            self.finished.set()
+
+    async def _run(self) -> None:
+        if self._state.status is ES.PENDING:
+            await self._commit([self._execution_event(ES.RUNNING)])
+        await self._recover_steps()
+        deadline = self._deadline()
+        while not self._state.status.is_terminal:
+            if self._cancel_reason is not None:
+                await self._finish(ES.CANCELLED, Failure("Cancelled", self._cancel_reason))
+                return
+            if self._failure is not None:
+                await self._finish_failed(*self._failure)
+                return
+            if self._state.status is ES.RUNNING:
+                await self._start_ready_steps()
+            if self._failure is None and await self._try_complete():
+                return
+            if not await self._wait_for_change(deadline):
+                await self._finish(ES.TIMED_OUT, Failure("WorkflowTimeout", "workflow timed out"))
+                return
+
+    async def _wait_for_change(self, deadline: float | None) -> bool:
+        """Waits for a wake-up; False when the workflow deadline passed first."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._wakeup.wait()
+        except TimeoutError:
+            return False
+        self._wakeup.clear()
+        return True
+
+    def _deadline(self) -> float | None:
+        if self._definition.timeout is None:
+            return None
+        started = self._state.started_at or self._engine.clock.now()
+        elapsed = (self._engine.clock.now() - started).total_seconds()
+        return asyncio.get_running_loop().time() + self._definition.timeout - elapsed
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    # ---- deciding what starts ------------------------------------------------------
+
+    async def _start_ready_steps(self) -> None:
+        for step in self._definition.steps:
+            if self._state.status is not ES.RUNNING or self._failure is not None:
+                return
+            current = self._state.steps[step.id]
+            if current.status is not SS.PENDING or step.id in self._tasks:
+                continue
+            if not all(self._state.steps[d].is_settled for d in step.depends_on):
+                continue
+            decision = self._decide(step)
+            if isinstance(decision, _Settle):
+                await self._settle_without_running(step, decision)
+            elif self._has_capacity():
+                self._launch(step, decision)
+
+    def _has_capacity(self) -> bool:
+        limit = self._definition.max_concurrent_steps or self._engine.config.max_steps_per_execution
+        return limit <= 0 or len(self._tasks) < limit
+
+    def _decide(self, step: StepDefinition) -> _Run | _Settle:
+        activation = self._activation()
+        try:
+            if not self._any_upstream_taken(step, activation):
+                return _Settle(SS.SKIPPED)
+            if step.when and not evaluate_condition(step.when, activation):
+                return _Settle(SS.SKIPPED)
+        except ConditionError as exc:
+            return _Settle(SS.FAILED, Failure("ConditionError", str(exc)))
+        return self._resolve(step, step.parameters, step.input_schema)
+
+    def _any_upstream_taken(self, step: StepDefinition, activation: Mapping[str, Any]) -> bool:
+        if not step.depends_on:
+            return True
+        for dep_id in step.depends_on:
+            dep = self._state.steps[dep_id]
+            reached = dep.status is SS.COMPLETED or (
+                dep.status in FAILED_STEP_STATUSES and self._continues(dep_id)
+            )
+            condition = step.edge_conditions.get(dep_id)
+            if reached and (not condition or evaluate_condition(condition, activation)):
+                return True
+        return False
+
+    def _continues(self, step_id: str) -> bool:
+        return (
+            self._definition.step(step_id).continue_on_error
+            or self._definition.on_failure is FailurePolicy.CONTINUE
+        )
+
+    def _resolve(
+        self, step: StepDefinition, parameters: Any, schema: Mapping[str, Any] | None
+    ) -> _Run | _Settle:
+        resolution = references.resolve(
+            parameters,
+            inputs=self._state.inputs,
+            steps=self._step_view(),
+            secrets=self._engine.secrets,
+        )
+        if resolution.missing_steps:
+            missing = ", ".join(resolution.missing_steps)
+            return _Settle(SS.FAILED, Failure("UnresolvedReference", f"cannot resolve {missing}"))
+        if resolution.missing_secrets:
+            missing = ", ".join(resolution.missing_secrets)
+            return _Settle(SS.FAILED, Failure("SecretNotFound", f"no secret for {missing}"))
+        if resolution.missing_inputs:
+            return _Settle(SS.PAUSED, missing_inputs=resolution.missing_inputs)
+        problem = _schema_problem(resolution.value, schema)
+        if problem is not None:
+            message = references.redact(problem, resolution.secret_values)
+            return _Settle(SS.FAILED, Failure("InputValidationError", message))
+        return _Run(resolution.value, resolution.secret_values)
+
+    def _activation(self) -> dict[str, Any]:
+        return {"inputs": dict(self._state.inputs), "steps": self._step_view()}
+
+    def _step_view(self) -> dict[str, Any]:
+        return {
+            step_id: {"output": step.output, "status": step.status.value}
+            for step_id, step in self._state.steps.items()
+        }
+
+    async def _settle_without_running(self, step: StepDefinition, decision: _Settle) -> None:
+        events = [
+            self._step_event(
+                step.id, decision.status, error=decision.error, missing=decision.missing_inputs
+            )
+        ]
+        if decision.status is SS.PAUSED and self._state.status is ES.RUNNING:
+            self._running_gate.clear()
+            events.append(self._execution_event(ES.PAUSED))
+        await self._commit(events)
+        if decision.status is SS.FAILED:
+            self._after_final_failure(step.id)
+
+    # ---- running a step --------------------------------------------------------------
+
+    def _launch(self, step: StepDefinition, run: _Run) -> None:
+        task = asyncio.create_task(self._drive_step(step, run), name=f"step:{step.id}")
+        self._tasks[step.id] = task
+        task.add_done_callback(functools.partial(self._step_task_done, step.id))
+
+    def _step_task_done(self, step_id: str, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(step_id, None)
+        self._wake()
+
+    async def _drive_step(self, step: StepDefinition, run: _Run) -> None:
+        current = self._state.steps[step.id]
+        attempt = current.attempt
+        if current.status is SS.RETRYING:
+            await self._sleep_until_retry(current)
+        while True:
+            attempt += 1
+            outcome = await self._attempt(step, run, attempt)
+            if outcome.status is SS.COMPLETED:
+                return
+            retry = outcome.retryable and attempt < step.retry.max_attempts
+            if not retry:
+                break
+            delay = backoff_delay(step.retry, attempt, self._engine.rng)
+            await self._commit_retrying(step, attempt, outcome, delay)
+            await asyncio.sleep(delay)
+            await self._running_gate.wait()
+        await self._finish_attempts(step, attempt, outcome)
+
+    async def _attempt(self, step: StepDefinition, run: _Run, attempt: int) -> _Outcome:
+        async with self._engine.step_slots:
+            await self._commit([self._step_event(step.id, SS.RUNNING, attempt=attempt)])
+            outcome = await self._invoke(step, step.action, run, attempt, step.output_schema)
+            if outcome.status is SS.COMPLETED:
+                await self._commit([self._finished_event(step, attempt, outcome)])
+            return outcome
+
+    async def _invoke(
+        self,
+        step: StepDefinition,
+        action_name: str,
+        run: _Run,
+        attempt: int,
+        output_schema: Mapping[str, Any] | None,
+    ) -> _Outcome:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        context = ActionContext(
+            execution_id=self._state.id,
+            step_id=step.id,
+            attempt=attempt,
+            tenant=self._state.tenant,
+            workflow_id=self._state.workflow_id,
+            activation=self._activation(),
+        )
+        try:
+            action = self._engine.actions.get(action_name)
+            async with asyncio.timeout(step.timeout):
+                output = await action(run.parameters, context)
+        except TimeoutError:
+            failure = Failure("TimeoutError", f"attempt exceeded {step.timeout}s")
+            return _failed(SS.TIMED_OUT, failure, retryable=True, started=started)
+        except ActionError as exc:
+            failure = Failure(exc.error_type, references.redact(str(exc), run.secret_values))
+            retryable = is_retryable(step.retry, exc.error_type, exc.retryable)
+            return _failed(SS.FAILED, failure, retryable=retryable, started=started)
+        except Exception as exc:  # an action's bug is the step's failure, not the engine's
+            log.warning("action %s of step %s raised", action_name, step.id, exc_info=True)
+            failure = Failure(type(exc).__name__, references.redact(str(exc), run.secret_values))
+            retryable = is_retryable(step.retry, failure.type, True)
+            return _failed(SS.FAILED, failure, retryable=retryable, started=started)
+        output = references.redact(output, run.secret_values)
+        problem = _schema_problem(output, output_schema)
+        if problem is not None:
+            failure = Failure("OutputValidationError", problem)
+            return _failed(SS.FAILED, failure, retryable=False, started=started)
+        return _Outcome(SS.COMPLETED, output=output, duration=loop.time() - started)
+
+    async def _sleep_until_retry(self, step: StepState) -> None:
+        if step.next_attempt_at is not None:
+            remaining = (step.next_attempt_at - self._engine.clock.now()).total_seconds()
+            await asyncio.sleep(max(0.0, remaining))
+        await self._running_gate.wait()
+
+    async def _commit_retrying(
+        self, step: StepDefinition, attempt: int, outcome: _Outcome, delay: float
+    ) -> None:
+        next_at = self._engine.clock.now() + timedelta(seconds=delay)
+        await self._commit(
+            [
+                self._finished_event(step, attempt, outcome),
+                self._step_event(step.id, SS.RETRYING, attempt=attempt, next_attempt_at=next_at),
+            ]
+        )
+
+    async def _finish_attempts(self, step: StepDefinition, attempt: int, outcome: _Outcome) -> None:
+        await self._commit([self._finished_event(step, attempt, outcome)])
+        if step.fallback is None:
+            self._after_final_failure(step.id)
+            return
+        await self._run_fallback(step)
+
+    async def _run_fallback(self, step: StepDefinition) -> None:
+        assert step.fallback is not None
+        decision = self._resolve(step, step.fallback.parameters, None)
+        attempt = self._state.steps[step.id].attempt
+        if isinstance(decision, _Settle):
+            outcome = _Outcome(SS.FAILED, error=decision.error or _missing(decision))
+        else:
+            async with self._engine.step_slots:
+                outcome = await self._invoke(
+                    step, step.fallback.action, decision, attempt, step.output_schema
+                )
+        status = SS.COMPLETED if outcome.status is SS.COMPLETED else SS.FAILED
+        event = self._step_event(
+            step.id,
+            status,
+            kind=EventKind.STEP_FALLBACK_FINISHED,
+            attempt=attempt,
+            output=outcome.output,
+            error=outcome.error,
+            duration=outcome.duration,
+        )
+        await self._commit([event])
+        if status is SS.FAILED:
+            self._after_final_failure(step.id)
+
+    def _after_final_failure(self, step_id: str) -> None:
+        if not self._continues(step_id) and self._failure is None:
+            step = self._state.steps[step_id]
+            error = step.error or Failure("StepFailed", "step failed")
+            self._failure = (step_id, error)
+        self._wake()
+
+    # ---- recovery after a restart ------------------------------------------------
+
+    async def _recover_steps(self) -> None:
+        """Continue steps that were in flight when the previous engine stopped."""
+        for step in self._definition.steps:
+            current = self._state.steps[step.id]
+            if current.status is SS.RUNNING:
+                lost = _Outcome(
+                    SS.FAILED, error=Failure("EngineRestarted", "the engine stopped mid-attempt")
+                )
+                await self._recover_lost_attempt(step, current, lost)
+            elif current.status is SS.RETRYING:
+                self._launch_recovered(step)
+            elif current.status in FAILED_STEP_STATUSES and not current.fallback_used:
+                if step.fallback is not None:
+                    await self._run_fallback(step)
+                else:
+                    self._after_final_failure(step.id)
+
+    async def _recover_lost_attempt(
+        self, step: StepDefinition, current: StepState, lost: _Outcome
+    ) -> None:
+        if current.attempt < step.retry.max_attempts:
+            delay = backoff_delay(step.retry, current.attempt, self._engine.rng)
+            await self._commit_retrying(step, current.attempt, lost, delay)
+            self._launch_recovered(step)
+        else:
+            await self._finish_attempts(step, current.attempt, lost)
+
+    def _launch_recovered(self, step: StepDefinition) -> None:
+        decision = self._resolve(step, step.parameters, step.input_schema)
+        if isinstance(decision, _Run):
+            self._launch(step, decision)
+        else:
+            self._after_failed_recovery(step, decision)
+
+    def _after_failed_recovery(self, step: StepDefinition, decision: _Settle) -> None:
+        error = decision.error or _missing(decision)
+        self._failure = self._failure or (step.id, error)
+        self._wake()
+
+    # ---- ending the execution --------------------------------------------------------
+
+    async def _try_complete(self) -> bool:
+        if self._state.status is not ES.RUNNING or self._tasks:
+            return False
+        if not all(s.is_settled for s in self._state.steps.values()):
+            return False
+        failed = any(s.status in FAILED_STEP_STATUSES for s in self._state.steps.values())
+        await self._finish(ES.COMPLETED_WITH_ERRORS if failed else ES.COMPLETED, None)
+        return True
+
+    async def _finish_failed(self, step_id: str, error: Failure) -> None:
+        await self._stop_unsettled_steps()
+        if self._definition.on_failure is FailurePolicy.COMPENSATE:
+            await self._compensate()
+        await self._finish(ES.FAILED, Failure(error.type, f"step {step_id}: {error.message}"))
+
+    async def _finish(self, status: ExecutionStatus, error: Failure | None) -> None:
+        if status is not ES.COMPLETED and status is not ES.COMPLETED_WITH_ERRORS:
+            await self._stop_unsettled_steps()
+        await self._commit([self._execution_event(status, error=error)])
+        self._running_gate.set()
+
+    async def _stop_unsettled_steps(self) -> None:
+        await self._cancel_tasks()
+        events = [
+            self._step_event(step_id, SS.CANCELLED, attempt=step.attempt)
+            for step_id, step in self._state.steps.items()
+            if not step.is_settled
+        ]
+        if events:
+            await self._commit(events)
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _compensate(self) -> None:
+        for step_id in reversed(self._state.completion_order):
+            step = self._definition.step(step_id)
+            if step.compensate is None or self._state.steps[step_id].compensated:
+                continue
+            decision = self._resolve(step, step.compensate.parameters, None)
+            if isinstance(decision, _Settle):
+                outcome = _Outcome(SS.FAILED, error=decision.error or _missing(decision))
+            else:
+                attempt = self._state.steps[step_id].attempt
+                outcome = await self._invoke(step, step.compensate.action, decision, attempt, None)
+            await self._commit(
+                [
+                    self._step_event(
+                        step_id,
+                        SS.COMPLETED if outcome.status is SS.COMPLETED else SS.FAILED,
+                        kind=EventKind.STEP_COMPENSATION_FINISHED,
+                        output=outcome.output,
+                        error=outcome.error,
+                        duration=outcome.duration,
+                    )
+                ]
+            )
+
+    # ---- committing ------------------------------------------------------------------
+
+    async def _commit(self, events: Sequence[ExecutionEvent]) -> None:
+        async with self._lock:
+            await self._commit_locked(events)
+
+    async def _commit_locked(self, events: Sequence[ExecutionEvent]) -> None:
+        numbered = []
+        state = self._state
+        for offset, event in enumerate(events, start=1):
+            event = replace(event, sequence=self._state.last_sequence + offset)
+            state = apply(state, event)
+            numbered.append(event)
+        cancelled = await _finish_even_if_cancelled(self._engine.store.append(state, numbered))
+        self._state = state
+        self._engine.committed(state, numbered)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _base_event(self, kind: EventKind) -> ExecutionEvent:
+        return ExecutionEvent(
+            event_id=str(uuid.uuid4()),
+            execution_id=self._state.id,
+            sequence=0,
+            timestamp=self._engine.clock.now(),
+            kind=kind,
+            tenant=self._state.tenant,
+            workflow_id=self._state.workflow_id,
+            workflow_version=self._state.workflow_version,
+            parent_execution_id=self._state.parent_execution_id,
+        )
+
+    def _execution_event(
+        self,
+        status: ExecutionStatus,
+        *,
+        error: Failure | None = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> ExecutionEvent:
+        event = replace(
+            self._base_event(EventKind.EXECUTION_STATUS_CHANGED),
+            execution_status=status,
+            error=error,
+            inputs=inputs,
+            missing_inputs=self._state.missing_inputs if status is ES.PAUSED else (),
+        )
+        if status.is_terminal:
+            started = self._state.started_at or event.timestamp
+            event = replace(
+                event,
+                started_at=started,
+                duration=(event.timestamp - started).total_seconds(),
+                output=self._state.outputs or None,
+                estimated_time_saved=self._definition.estimated_time_saved,
+                business_value=self._definition.business_value,
+            )
+        return event
+
+    def _step_event(
+        self,
+        step_id: str,
+        status: StepStatus,
+        *,
+        kind: EventKind = EventKind.STEP_STATUS_CHANGED,
+        attempt: int = 0,
+        error: Failure | None = None,
+        output: Any = None,
+        duration: float | None = None,
+        missing: tuple[str, ...] = (),
+        next_attempt_at: Any = None,
+    ) -> ExecutionEvent:
+        step = self._definition.step(step_id)
+        current = self._state.steps[step_id]
+        return replace(
+            self._base_event(kind),
+            step_id=step_id,
+            step_status=status,
+            attempt=attempt or current.attempt,
+            action=step.action,
+            error=error,
+            output=output,
+            duration=duration,
+            started_at=current.started_at if status is not SS.RUNNING else None,
+            missing_inputs=missing,
+            next_attempt_at=next_attempt_at,
+            depends_on=step.depends_on,
+        )
+
+    def _finished_event(
+        self, step: StepDefinition, attempt: int, outcome: _Outcome
+    ) -> ExecutionEvent:
+        return self._step_event(
+            step.id,
+            outcome.status,
+            attempt=attempt,
+            error=outcome.error,
+            output=outcome.output,
+            duration=outcome.duration,
+        )
+
+
+def _failed(status: StepStatus, error: Failure, *, retryable: bool, started: float) -> _Outcome:
+    duration = asyncio.get_running_loop().time() - started
+    return _Outcome(status, error=error, retryable=retryable, duration=duration)
+
+
+def _missing(decision: _Settle) -> Failure:
+    names = ", ".join(decision.missing_inputs) or "a value"
+    return Failure("MissingInput", f"needs {names}")
+
+
+def _schema_problem(value: Any, schema: Mapping[str, Any] | None) -> str | None:
+    if not schema:
+        return None
+    error = jsonschema.exceptions.best_match(
+        jsonschema.validators.validator_for(schema)(schema).iter_errors(value)
+    )
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{where or '(root)'}: {error.message}"
+
+
+async def _finish_even_if_cancelled(awaitable: Awaitable[None]) -> bool:
+    """Runs `awaitable` to the end even if the caller is cancelled; True if it was.
+
+    A commit that reached the store must also reach memory, or the next commit would
+    conflict; the caller re-raises the cancellation once memory is updated.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        return True
+    return False
