@@ -1,0 +1,1 @@
+"""Published JSON Schemas, shipped as package data (a package so `*.json` is included)."""
