@@ -1,0 +1,184 @@
+"""Per-minute rollups of facts: the deltas one batch adds, computed before one upsert.
+
+A rollup row is keyed by (tenant, workflow, step, minute); the execution level uses the
+step id "". Every field merges by addition, minimum or maximum, so the rows do not depend
+on the order or the batching in which facts arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from analytics_service.core.events import (
+    ExecutionFact,
+    ExecutionStatus,
+    Facts,
+    StepAttemptFact,
+    StepStatus,
+)
+from analytics_service.core.histogram import bucket_index
+
+EXECUTION_LEVEL = ""
+SECONDS_PER_MINUTE = 60
+UNKNOWN_ERROR_TYPE = "unknown"
+
+
+def minute_of(moment: datetime) -> int:
+    """Minutes since the Unix epoch, floored: the rollup bucket of `moment`."""
+    return int(moment.timestamp() // SECONDS_PER_MINUTE)
+
+
+@dataclass(frozen=True, order=True)
+class RollupKey:
+    tenant: str
+    workflow_id: str
+    step_id: str
+    minute: int
+
+
+@dataclass(frozen=True)
+class RollupCounts:
+    """What one rollup row holds; also the sum of several rows over a range."""
+
+    total: int = 0
+    completed: int = 0
+    completed_with_errors: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    skipped: int = 0
+    cancelled: int = 0
+    retries: int = 0
+    duration_sum: float = 0.0
+    duration_min: float | None = None
+    duration_max: float | None = None
+    time_saved_sum: float = 0.0
+    business_value_sum: float = 0.0
+    action: str = ""
+
+    @property
+    def failures(self) -> int:
+        return self.failed + self.timed_out
+
+    def merge(self, other: RollupCounts) -> RollupCounts:
+        return RollupCounts(
+            total=self.total + other.total,
+            completed=self.completed + other.completed,
+            completed_with_errors=self.completed_with_errors + other.completed_with_errors,
+            failed=self.failed + other.failed,
+            timed_out=self.timed_out + other.timed_out,
+            skipped=self.skipped + other.skipped,
+            cancelled=self.cancelled + other.cancelled,
+            retries=self.retries + other.retries,
+            duration_sum=self.duration_sum + other.duration_sum,
+            duration_min=_lowest(self.duration_min, other.duration_min),
+            duration_max=_highest(self.duration_max, other.duration_max),
+            time_saved_sum=self.time_saved_sum + other.time_saved_sum,
+            business_value_sum=self.business_value_sum + other.business_value_sum,
+            # The greatest name wins so that the result does not depend on arrival order.
+            action=max(self.action, other.action),
+        )
+
+
+def _lowest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _highest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def step_counts(fact: StepAttemptFact) -> RollupCounts:
+    status = fact.status
+    return RollupCounts(
+        total=1,
+        completed=int(status is StepStatus.COMPLETED),
+        failed=int(status is StepStatus.FAILED),
+        timed_out=int(status is StepStatus.TIMED_OUT),
+        skipped=int(status is StepStatus.SKIPPED),
+        cancelled=int(status is StepStatus.CANCELLED),
+        retries=int(fact.is_retry),
+        duration_sum=fact.duration_seconds,
+        duration_min=fact.duration_seconds,
+        duration_max=fact.duration_seconds,
+        action=fact.action,
+    )
+
+
+def execution_counts(fact: ExecutionFact) -> RollupCounts:
+    status = fact.status
+    succeeded = status is ExecutionStatus.COMPLETED
+    return RollupCounts(
+        total=1,
+        completed=int(succeeded),
+        completed_with_errors=int(status is ExecutionStatus.COMPLETED_WITH_ERRORS),
+        failed=int(status is ExecutionStatus.FAILED),
+        timed_out=int(status is ExecutionStatus.TIMED_OUT),
+        cancelled=int(status is ExecutionStatus.CANCELLED),
+        duration_sum=fact.duration_seconds,
+        duration_min=fact.duration_seconds,
+        duration_max=fact.duration_seconds,
+        time_saved_sum=fact.estimated_time_saved_seconds if succeeded else 0.0,
+        business_value_sum=fact.business_value if succeeded else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class RollupDeltas:
+    """What one batch adds to the rollup tables, one entry per key."""
+
+    counts: dict[RollupKey, RollupCounts]
+    errors: dict[tuple[RollupKey, str], int]
+    histogram: dict[tuple[RollupKey, int], int]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.counts
+
+
+def step_key(fact: StepAttemptFact) -> RollupKey:
+    return RollupKey(fact.tenant, fact.workflow_id, fact.step_id, minute_of(fact.finished_at))
+
+
+def execution_key(fact: ExecutionFact) -> RollupKey:
+    return RollupKey(fact.tenant, fact.workflow_id, EXECUTION_LEVEL, minute_of(fact.finished_at))
+
+
+def rollup_deltas(facts: Facts) -> RollupDeltas:
+    """The additions that `facts` (all of them new) make to the rollups."""
+    counts: dict[RollupKey, RollupCounts] = {}
+    errors: dict[tuple[RollupKey, str], int] = {}
+    histogram: dict[tuple[RollupKey, int], int] = {}
+    entries: Iterable[tuple[RollupKey, RollupCounts, float]] = [
+        *((step_key(f), step_counts(f), f.duration_seconds) for f in facts.steps),
+        *((execution_key(f), execution_counts(f), f.duration_seconds) for f in facts.executions),
+    ]
+    for key, delta, duration in entries:
+        counts[key] = counts[key].merge(delta) if key in counts else delta
+        bucket = (key, bucket_index(duration))
+        histogram[bucket] = histogram.get(bucket, 0) + 1
+    for fact in facts.steps:
+        if fact.status in _FAILURE_STATUSES:
+            error = (step_key(fact), fact.error_type or UNKNOWN_ERROR_TYPE)
+            errors[error] = errors.get(error, 0) + 1
+    return RollupDeltas(counts=counts, errors=errors, histogram=histogram)
+
+
+_FAILURE_STATUSES = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT})
+
+
+@dataclass(frozen=True)
+class IngestLag:
+    """How late events arrived: now minus event time, over `count` events."""
+
+    count: int
+    total_seconds: float
+    max_seconds: float
+
+    def merge(self, other: IngestLag) -> IngestLag:
+        return IngestLag(
+            count=self.count + other.count,
+            total_seconds=self.total_seconds + other.total_seconds,
+            max_seconds=max(self.max_seconds, other.max_seconds),
+        )

@@ -1,0 +1,81 @@
+"""Engine, sessions and transactions: the storage adapter behind `core.ports.Database`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from analytics_service.core.errors import StorageError
+from analytics_service.storage.alert_store import SqlAlertStore
+from analytics_service.storage.event_ledger import SqlEventLedger
+from analytics_service.storage.fact_store import SqlFactStore
+from analytics_service.storage.rollup_store import SqlRollupStore
+
+# Postgres: serialization failure, deadlock; both are safe to retry.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+class SqlUnitOfWork:
+    """The repositories of one transaction, all on the same session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.events = SqlEventLedger(session)
+        self.facts = SqlFactStore(session)
+        self.rollups = SqlRollupStore(session)
+        self.alerts = SqlAlertStore(session)
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return (
+        isinstance(exc, OperationalError | InterfaceError)
+        or exc.connection_invalidated
+        or sqlstate in _RETRYABLE_SQLSTATES
+    )
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        # One connection: SQLite has one writer, and queuing in the pool beats SQLITE_BUSY.
+        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+class SqlDatabase:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
+        try:
+            async with self._sessions() as session, session.begin():
+                yield SqlUnitOfWork(session)
+        except DBAPIError as exc:
+            if _is_transient(exc):
+                raise StorageError(operation=type(exc.orig).__name__) from exc
+            raise
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,204 @@
+"""Minute rollups: upserted per batch, summed over ranges and groups by the queries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, func, literal, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from analytics_service.core.histogram import Histogram
+from analytics_service.core.ports import GroupKey, Level, MinuteRange, RollupQuery
+from analytics_service.core.rollups import (
+    EXECUTION_LEVEL,
+    IngestLag,
+    RollupCounts,
+    RollupDeltas,
+    RollupKey,
+)
+from analytics_service.storage.bulk import Merge, upsert
+from analytics_service.storage.models import ingest_lag, rollup_errors, rollup_histograms, rollups
+
+_COUNTERS = (
+    "total",
+    "completed",
+    "completed_with_errors",
+    "failed",
+    "timed_out",
+    "skipped",
+    "cancelled",
+    "retries",
+)
+_SUMS = ("duration_sum", "time_saved_sum", "business_value_sum")
+_ROLLUP_MERGES = {
+    **dict.fromkeys(_COUNTERS, Merge.ADD),
+    **dict.fromkeys(_SUMS, Merge.ADD),
+    "duration_min": Merge.LEAST,
+    "duration_max": Merge.GREATEST,
+    # The greatest action name wins, so the result does not depend on arrival order.
+    "action": Merge.GREATEST,
+}
+_COUNT_MERGE = {"count": Merge.ADD}
+_LAG_MERGES = {"events": Merge.ADD, "lag_sum": Merge.ADD, "lag_max": Merge.GREATEST}
+
+
+def _key_columns(key: RollupKey) -> dict[str, Any]:
+    return {
+        "tenant": key.tenant,
+        "workflow_id": key.workflow_id,
+        "step_id": key.step_id,
+        "minute": key.minute,
+    }
+
+
+def _rollup_row(key: RollupKey, counts: RollupCounts) -> dict[str, Any]:
+    row = _key_columns(key)
+    row.update({name: getattr(counts, name) for name in (*_COUNTERS, *_SUMS)})
+    row.update(
+        duration_min=counts.duration_min, duration_max=counts.duration_max, action=counts.action
+    )
+    return row
+
+
+def _selection(table: Table, query: RollupQuery) -> list[ColumnElement[bool]]:
+    conditions = [
+        table.c.tenant == query.tenant,
+        table.c.minute >= query.minutes.start,
+        table.c.minute < query.minutes.end,
+    ]
+    if query.workflow_id is not None:
+        conditions.append(table.c.workflow_id == query.workflow_id)
+    if query.level is Level.EXECUTION:
+        conditions.append(table.c.step_id == EXECUTION_LEVEL)
+    elif query.step_id is not None:
+        conditions.append(table.c.step_id == query.step_id)
+    else:
+        conditions.append(table.c.step_id != EXECUTION_LEVEL)
+    return conditions
+
+
+def _groups(table: Table, query: RollupQuery) -> list[ColumnElement[Any]]:
+    """workflow, step and bucket expressions, constant where the query does not group."""
+    bucket: ColumnElement[Any] = literal(0)
+    if query.bucket_minutes:
+        bucket = (table.c.minute // query.bucket_minutes) * query.bucket_minutes
+    return [
+        table.c.workflow_id if query.by_workflow else literal(""),
+        table.c.step_id if query.by_step else literal(""),
+        bucket,
+    ]
+
+
+def _group_key(row: Any) -> GroupKey:
+    return GroupKey(workflow_id=row[0], step_id=row[1], bucket=int(row[2]))
+
+
+def _counts(row: Any) -> RollupCounts:
+    # Postgres sums bigints as numeric: every value is converted back explicitly.
+    values = row._mapping
+    return RollupCounts(
+        total=int(values["total"]),
+        completed=int(values["completed"]),
+        completed_with_errors=int(values["completed_with_errors"]),
+        failed=int(values["failed"]),
+        timed_out=int(values["timed_out"]),
+        skipped=int(values["skipped"]),
+        cancelled=int(values["cancelled"]),
+        retries=int(values["retries"]),
+        duration_sum=float(values["duration_sum"]),
+        duration_min=float(values["duration_min"]),
+        duration_max=float(values["duration_max"]),
+        time_saved_sum=float(values["time_saved_sum"]),
+        business_value_sum=float(values["business_value_sum"]),
+        action=str(values["action"]),
+    )
+
+
+class SqlRollupStore:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def apply(self, deltas: RollupDeltas) -> None:
+        counts = [_rollup_row(key, deltas.counts[key]) for key in sorted(deltas.counts)]
+        await upsert(self._session, rollups, counts, _ROLLUP_MERGES)
+        errors = [
+            {**_key_columns(key), "error_type": error_type, "count": count}
+            for (key, error_type), count in sorted(deltas.errors.items())
+        ]
+        await upsert(self._session, rollup_errors, errors, _COUNT_MERGE)
+        buckets = [
+            {**_key_columns(key), "bucket": bucket, "count": count}
+            for (key, bucket), count in sorted(deltas.histogram.items())
+        ]
+        await upsert(self._session, rollup_histograms, buckets, _COUNT_MERGE)
+
+    async def counts(self, query: RollupQuery) -> dict[GroupKey, RollupCounts]:
+        groups = _groups(rollups, query)
+        statement = (
+            select(
+                *groups,
+                *(func.sum(rollups.c[name]).label(name) for name in (*_COUNTERS, *_SUMS)),
+                func.min(rollups.c.duration_min).label("duration_min"),
+                func.max(rollups.c.duration_max).label("duration_max"),
+                func.max(rollups.c.action).label("action"),
+            )
+            .where(*_selection(rollups, query))
+            .group_by(*groups)
+        )
+        result = await self._session.execute(statement)
+        return {_group_key(row): _counts(row) for row in result}
+
+    async def histograms(self, query: RollupQuery) -> dict[GroupKey, Histogram]:
+        groups = _groups(rollup_histograms, query)
+        bucket = rollup_histograms.c.bucket
+        statement = (
+            select(*groups, bucket, func.sum(rollup_histograms.c.count))
+            .where(*_selection(rollup_histograms, query))
+            .group_by(*groups, bucket)
+        )
+        collected: dict[GroupKey, dict[int, int]] = {}
+        for row in await self._session.execute(statement):
+            collected.setdefault(_group_key(row), {})[int(row[3])] = int(row[4])
+        return {key: Histogram(counts) for key, counts in collected.items()}
+
+    async def errors(self, query: RollupQuery) -> dict[GroupKey, dict[str, int]]:
+        groups = _groups(rollup_errors, query)
+        error_type = rollup_errors.c.error_type
+        statement = (
+            select(*groups, error_type, func.sum(rollup_errors.c.count))
+            .where(*_selection(rollup_errors, query))
+            .group_by(*groups, error_type)
+        )
+        collected: dict[GroupKey, dict[str, int]] = {}
+        for row in await self._session.execute(statement):
+            collected.setdefault(_group_key(row), {})[row[3]] = int(row[4])
+        return collected
+
+    async def record_ingest_lag(
+        self, minute: int, lags: Mapping[tuple[str, str], IngestLag]
+    ) -> None:
+        rows = [
+            {
+                "tenant": tenant,
+                "workflow_id": workflow_id,
+                "minute": minute,
+                "events": lag.count,
+                "lag_sum": lag.total_seconds,
+                "lag_max": lag.max_seconds,
+            }
+            for (tenant, workflow_id), lag in sorted(lags.items())
+        ]
+        await upsert(self._session, ingest_lag, rows, _LAG_MERGES)
+
+    async def max_ingest_lag(
+        self, tenant: str, workflow_id: str, minutes: MinuteRange
+    ) -> float | None:
+        statement = select(func.max(ingest_lag.c.lag_max)).where(
+            ingest_lag.c.tenant == tenant,
+            ingest_lag.c.workflow_id == workflow_id,
+            ingest_lag.c.minute >= minutes.start,
+            ingest_lag.c.minute < minutes.end,
+        )
+        value = (await self._session.execute(statement)).scalar()
+        return None if value is None else float(value)
