@@ -473,7 +473,7 @@ class _Parser:
         for step_id in sorted(referenced_steps(expression)):
             message = _step_reference_problem(step_id, scope, allow_self=False)
             if message is not None:
-                self.problem(path, f"steps.{step_id}: {message}")
+                self.problem(path, f"steps.{step_id}: {message}{_dash_hint(step_id, scope)}")
 
     def _workflow(self) -> WorkflowDefinition:
         data = self.data
@@ -518,6 +518,14 @@ def _step_reference_problem(step_id: str, scope: _Scope, allow_self: bool) -> st
             "so it may not have run (add a dependency)"
         )
     return None
+
+
+def _dash_hint(step_id: str, scope: _Scope) -> str:
+    """In CEL `steps.my-step` is a subtraction; say how to write such ids instead."""
+    if step_id in scope.known:
+        return ""
+    dashed = sorted(known for known in scope.known if known.startswith(f"{step_id}-"))
+    return f' (in CEL, write steps["{dashed[0]}"] for ids with "-")' if dashed else ""
 
 
 def _upstream_lookup(

@@ -368,6 +368,17 @@ def test_references_to_unknown_steps_and_to_the_step_itself_are_rejected() -> No
     ]
 
 
+def test_a_dashed_id_selected_with_a_dot_in_cel_gets_a_hint() -> None:
+    data = workflow(step("load-data"), step("b", "load-data", when="steps.load-data.ok"))
+    path, message = only_problem(data)
+    assert path == "steps[1].when"
+    assert message == (
+        'steps.load: unknown step \'load\' (in CEL, write steps["load-data"] for ids with "-")'
+    )
+    fixed = workflow(step("load-data"), step("b", "load-data", when='steps["load-data"].ok'))
+    assert parse_definition(fixed).step("b").when == 'steps["load-data"].ok'
+
+
 def test_a_compensation_may_read_its_own_step_output() -> None:
     compensate = {"action": "delete", "parameters": {"id": "${steps.a.output.id}"}}
     assert parse_definition(workflow(step("a", compensate=compensate))).steps[0].compensate

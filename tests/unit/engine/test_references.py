@@ -20,7 +20,7 @@ from engine_service.core.references import (
 )
 
 # Shared CI machines are slow at times: time limits would make these flaky, not stricter.
-relaxed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+relaxed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=50)
 
 STEPS: dict[str, dict[str, Any]] = {
     "fetch": {"output": {"items": [{"id": 7}, {"id": 8}], "name": "x"}, "status": "COMPLETED"},
