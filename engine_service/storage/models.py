@@ -1,0 +1,123 @@
+"""The engine's tables. The Alembic chain in `migrations/` must produce exactly these.
+
+`executions.state` holds the JSON snapshot of an execution (steps, inputs, error); the
+columns beside it repeat what queries filter on. `execution_events` is both the durable
+history that watchers replay and the outbox the relay ships to analytics.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Table, Text, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+Timestamp = DateTime(timezone=True)
+ID_LENGTH = 128
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class WorkflowDefinitionRow(Base):
+    __tablename__ = "workflow_definitions"
+
+    tenant: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[dict[str, str]] = mapped_column(Json)
+    definition: Mapped[dict[str, Any]] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class ExecutionRow(Base):
+    __tablename__ = "executions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(ID_LENGTH))
+    workflow_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    workflow_version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    parent_execution_id: Mapped[str] = mapped_column(String(36), default="")
+    parent_step_id: Mapped[str] = mapped_column(String(ID_LENGTH), default="")
+    idempotency_key: Mapped[str] = mapped_column(String(256), default="")
+    schedule_id: Mapped[str] = mapped_column(String(64), default="")
+    depth: Mapped[int] = mapped_column(Integer, default=0)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[dict[str, Any]] = mapped_column(Json)
+
+    __table_args__ = (
+        Index("ix_executions_tenant_created", "tenant", "created_at"),
+        Index("ix_executions_status", "status"),
+        Index("ix_executions_parent", "parent_execution_id"),
+    )
+
+
+class IdempotencyKeyRow(Base):
+    __tablename__ = "idempotency_keys"
+
+    tenant: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    execution_id: Mapped[str] = mapped_column(String(36))
+
+
+class StepAttemptRow(Base):
+    __tablename__ = "step_attempts"
+
+    execution_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    step_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    action: Mapped[str] = mapped_column(String(ID_LENGTH))
+    status: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    duration_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error_type: Mapped[str] = mapped_column(String(256), default="")
+
+
+class ExecutionEventRow(Base):
+    __tablename__ = "execution_events"
+
+    execution_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    tenant: Mapped[str] = mapped_column(String(ID_LENGTH))
+    kind: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    # Set by the outbox relay once analytics acknowledged the event.
+    delivered_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+    __table_args__ = (
+        Index(
+            "ix_execution_events_undelivered",
+            "created_at",
+            postgresql_where=text("delivered_at IS NULL"),
+            sqlite_where=text("delivered_at IS NULL"),
+        ),
+    )
+
+
+class LeaseRow(Base):
+    __tablename__ = "leases"
+
+    execution_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(ID_LENGTH))
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+# The tables, for Core statements (the hot paths avoid the ORM unit of work).
+workflow_definitions: Table = WorkflowDefinitionRow.__table__  # type: ignore[assignment]
+executions: Table = ExecutionRow.__table__  # type: ignore[assignment]
+idempotency_keys: Table = IdempotencyKeyRow.__table__  # type: ignore[assignment]
+step_attempts: Table = StepAttemptRow.__table__  # type: ignore[assignment]
+execution_events: Table = ExecutionEventRow.__table__  # type: ignore[assignment]
+leases: Table = LeaseRow.__table__  # type: ignore[assignment]

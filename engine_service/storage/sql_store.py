@@ -1,0 +1,399 @@
+"""`ExecutionStore` on SQLAlchemy async: Postgres through asyncpg, SQLite through aiosqlite.
+
+Appends from concurrent executions are grouped into shared transactions (group commit,
+see `GroupCommitter`), so throughput is not bound by one fsync per state change.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from engine_service.core.definitions import DefinitionLimits, parse_definition
+from engine_service.core.errors import ConcurrentModification, NotFound
+from engine_service.core.model import WorkflowDefinition
+from engine_service.core.state import ExecutionEvent, ExecutionState, StepStatus
+from engine_service.core.store import (
+    ExecutionQuery,
+    ExecutionStore,
+    Page,
+    WorkflowQuery,
+    decode_page_token,
+    encode_page_token,
+    page_bounds,
+)
+from engine_service.storage.codec import (
+    event_from_json,
+    event_to_json,
+    execution_columns,
+    state_from_row,
+)
+from engine_service.storage.group_commit import GroupCommitter
+from engine_service.storage.models import (
+    execution_events,
+    executions,
+    idempotency_keys,
+    step_attempts,
+    workflow_definitions,
+)
+
+# Stored definitions passed validation when registered; loading them must not fail
+# because a limit was lowered since.
+_LOADING_LIMITS = DefinitionLimits(
+    max_steps=10**9, max_depends_on=10**9, max_definition_bytes=10**12, max_id_length=10**6
+)
+_FINISHED_ATTEMPT = frozenset(
+    {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED}
+)
+Append = tuple[ExecutionState, Sequence[ExecutionEvent]]
+
+
+class SqlExecutionStore(ExecutionStore):
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 512) -> None:
+        self._engine = engine
+        self._committer: GroupCommitter[Append] = GroupCommitter(
+            engine, self._write_appends, max_batch=max_batch
+        )
+        self._definitions: dict[tuple[str, str, int], WorkflowDefinition] = {}
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    async def close(self) -> None:
+        await self._committer.close()
+        await self._engine.dispose()
+
+    # ---- workflows -----------------------------------------------------------------
+
+    async def add_workflow(self, definition: WorkflowDefinition) -> WorkflowDefinition:
+        for _ in range(5):
+            try:
+                return await self._insert_next_version(definition)
+            except IntegrityError:
+                continue  # another writer took that version number first: take the next
+        raise ConcurrentModification(execution_id=definition.id, expected_sequence=0)
+
+    async def _insert_next_version(self, definition: WorkflowDefinition) -> WorkflowDefinition:
+        async with self._engine.begin() as connection:
+            latest = await connection.scalar(
+                select(func.max(workflow_definitions.c.version)).where(
+                    workflow_definitions.c.tenant == definition.tenant,
+                    workflow_definitions.c.workflow_id == definition.id,
+                )
+            )
+            stored = replace(definition, version=(latest or 0) + 1)
+            await connection.execute(
+                insert(workflow_definitions).values(
+                    tenant=stored.tenant,
+                    workflow_id=stored.id,
+                    version=stored.version,
+                    name=stored.name,
+                    labels=dict(stored.labels),
+                    definition=dict(stored.source),
+                    created_at=datetime.now(UTC),
+                )
+            )
+        self._definitions[(stored.tenant, stored.id, stored.version)] = stored
+        return stored
+
+    async def get_workflow(
+        self, tenant: str, workflow_id: str, version: int = 0
+    ) -> WorkflowDefinition:
+        cached = self._definitions.get((tenant, workflow_id, version))
+        if cached is not None:
+            return cached
+        query = select(workflow_definitions).where(
+            workflow_definitions.c.tenant == tenant,
+            workflow_definitions.c.workflow_id == workflow_id,
+        )
+        if version > 0:
+            query = query.where(workflow_definitions.c.version == version)
+        query = query.order_by(workflow_definitions.c.version.desc()).limit(1)
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(query)).first()
+        if row is None:
+            key = workflow_id if version == 0 else f"{workflow_id}@{version}"
+            raise NotFound(kind="workflow", key=key)
+        return self._load_definition(row)
+
+    def _load_definition(self, row: Any) -> WorkflowDefinition:
+        key = (row.tenant, row.workflow_id, row.version)
+        if key not in self._definitions:
+            parsed = parse_definition(
+                {**row.definition, "tenant": row.tenant}, limits=_LOADING_LIMITS
+            )
+            self._definitions[key] = replace(parsed, version=row.version)
+        return self._definitions[key]
+
+    async def list_workflows(self, query: WorkflowQuery) -> Page[WorkflowDefinition]:
+        rows = select(workflow_definitions)
+        if query.tenant is not None:
+            rows = rows.where(workflow_definitions.c.tenant == query.tenant)
+        if not query.all_versions:
+            rows = rows.where(workflow_definitions.c.version == _latest_version())
+        rows = rows.order_by(
+            workflow_definitions.c.tenant,
+            workflow_definitions.c.workflow_id,
+            workflow_definitions.c.version,
+        )
+        async with self._engine.connect() as connection:
+            found = [self._load_definition(r) for r in await connection.execute(rows)]
+        # Labels live in JSON, which the two dialects query differently: filter here.
+        matching = [d for d in found if all(d.labels.get(k) == v for k, v in query.labels.items())]
+        offset = decode_page_token(query.page_token)
+        size = page_bounds(query.page_size)
+        more = offset + size < len(matching)
+        return Page(
+            tuple(matching[offset : offset + size]),
+            encode_page_token(offset + size) if more else "",
+        )
+
+    # ---- executions ----------------------------------------------------------------
+
+    async def create_execution(
+        self, state: ExecutionState, events: Sequence[ExecutionEvent]
+    ) -> tuple[ExecutionState, bool]:
+        try:
+            async with self._engine.begin() as connection:
+                if state.idempotency_key:
+                    await connection.execute(
+                        insert(idempotency_keys).values(
+                            tenant=state.tenant, key=state.idempotency_key, execution_id=state.id
+                        )
+                    )
+                await connection.execute(insert(executions).values(**execution_columns(state)))
+                await _insert_events(connection, events)
+                await _record_attempts(connection, self.dialect, events)
+        except IntegrityError:
+            if not state.idempotency_key:
+                raise
+            return await self._existing_for_key(state.tenant, state.idempotency_key), False
+        return state, True
+
+    async def _existing_for_key(self, tenant: str, key: str) -> ExecutionState:
+        async with self._engine.connect() as connection:
+            execution_id = await connection.scalar(
+                select(idempotency_keys.c.execution_id).where(
+                    idempotency_keys.c.tenant == tenant, idempotency_keys.c.key == key
+                )
+            )
+        if execution_id is None:
+            raise NotFound(kind="idempotency key", key=key)
+        return await self.get_execution(execution_id)
+
+    async def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> None:
+        if events:
+            await self._committer.submit((state, events))
+
+    async def _write_appends(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
+        for state, events in batch:
+            columns = execution_columns(state)
+            result = await connection.execute(
+                update(executions)
+                .where(
+                    executions.c.id == state.id,
+                    executions.c.last_sequence == events[0].sequence - 1,
+                )
+                .values(
+                    status=columns["status"],
+                    started_at=columns["started_at"],
+                    finished_at=columns["finished_at"],
+                    last_sequence=columns["last_sequence"],
+                    state=columns["state"],
+                )
+            )
+            if result.rowcount != 1:
+                raise ConcurrentModification(
+                    execution_id=state.id, expected_sequence=events[0].sequence - 1
+                )
+        all_events = [event for _, events in batch for event in events]
+        await _insert_events(connection, all_events)
+        await _record_attempts(connection, self.dialect, all_events)
+
+    async def get_execution(self, execution_id: str) -> ExecutionState:
+        async with self._engine.connect() as connection:
+            row = (
+                (
+                    await connection.execute(
+                        select(executions).where(executions.c.id == execution_id)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFound(kind="execution", key=execution_id)
+        return state_from_row(row)
+
+    async def list_executions(self, query: ExecutionQuery) -> Page[ExecutionState]:
+        offset = decode_page_token(query.page_token)
+        size = page_bounds(query.page_size)
+        statement = (
+            _filtered(select(executions), query)
+            .order_by(executions.c.created_at.desc(), executions.c.id.desc())
+            .offset(offset)
+            .limit(size + 1)
+        )
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(statement)).mappings().all()
+        states = tuple(state_from_row(r) for r in rows[:size])
+        return Page(states, encode_page_token(offset + size) if len(rows) > size else "")
+
+    async def read_events(
+        self, execution_id: str, after_sequence: int = 0, limit: int = 0
+    ) -> list[ExecutionEvent]:
+        statement = (
+            select(execution_events.c.payload)
+            .where(
+                execution_events.c.execution_id == execution_id,
+                execution_events.c.sequence > after_sequence,
+            )
+            .order_by(execution_events.c.sequence)
+        )
+        if limit > 0:
+            statement = statement.limit(limit)
+        async with self._engine.connect() as connection:
+            payloads = list(await connection.scalars(statement))
+            if not payloads:
+                exists = await connection.scalar(
+                    select(func.count()).where(executions.c.id == execution_id)
+                )
+                if not exists:
+                    raise NotFound(kind="execution", key=execution_id)
+        return [event_from_json(p) for p in payloads]
+
+    async def unfinished_executions(self) -> list[ExecutionState]:
+        statement = (
+            select(executions)
+            .where(executions.c.finished_at.is_(None))
+            .order_by(executions.c.created_at, executions.c.id)
+        )
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(statement)).mappings().all()
+        return [s for s in map(state_from_row, rows) if not s.status.is_terminal]
+
+
+def _latest_version() -> Any:
+    latest = workflow_definitions.alias("latest")
+    return (
+        select(func.max(latest.c.version))
+        .where(
+            latest.c.tenant == workflow_definitions.c.tenant,
+            latest.c.workflow_id == workflow_definitions.c.workflow_id,
+        )
+        .scalar_subquery()
+    )
+
+
+def _filtered(statement: Select[Any], query: ExecutionQuery) -> Select[Any]:
+    conditions = []
+    if query.tenant is not None:
+        conditions.append(executions.c.tenant == query.tenant)
+    if query.workflow_id:
+        conditions.append(executions.c.workflow_id == query.workflow_id)
+    if query.statuses:
+        conditions.append(executions.c.status.in_(sorted(s.value for s in query.statuses)))
+    if query.created_after is not None:
+        conditions.append(executions.c.created_at >= query.created_after)
+    if query.created_before is not None:
+        conditions.append(executions.c.created_at < query.created_before)
+    if query.parent_execution_id:
+        conditions.append(executions.c.parent_execution_id == query.parent_execution_id)
+    return statement.where(and_(*conditions)) if conditions else statement
+
+
+async def _insert_events(connection: AsyncConnection, events: Sequence[ExecutionEvent]) -> None:
+    if not events:
+        return
+    await connection.execute(
+        insert(execution_events),
+        [
+            {
+                "execution_id": e.execution_id,
+                "sequence": e.sequence,
+                "event_id": e.event_id,
+                "tenant": e.tenant,
+                "kind": e.kind.value,
+                "created_at": e.timestamp,
+                "payload": event_to_json(e),
+                "delivered_at": None,
+            }
+            for e in events
+        ],
+    )
+
+
+async def _record_attempts(
+    connection: AsyncConnection, dialect: str, events: Sequence[ExecutionEvent]
+) -> None:
+    """Keep `step_attempts` in step with the step events: one row per attempt."""
+    rows: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for event in events:
+        if event.step_status is None or event.attempt <= 0:
+            continue
+        if (
+            event.step_status is not StepStatus.RUNNING
+            and event.step_status not in _FINISHED_ATTEMPT
+        ):
+            continue
+        key = (event.execution_id, event.step_id, event.attempt)
+        row = rows.setdefault(key, _attempt_row(event))
+        row.update(_attempt_update(event))
+    if rows:
+        statement = _upsert(dialect)(step_attempts)
+        statement = statement.on_conflict_do_update(
+            index_elements=["execution_id", "step_id", "attempt"],
+            set_={
+                "status": statement.excluded.status,
+                "finished_at": statement.excluded.finished_at,
+                "duration_seconds": statement.excluded.duration_seconds,
+                "error_type": statement.excluded.error_type,
+            },
+        )
+        await connection.execute(statement, list(rows.values()))
+
+
+def _attempt_row(event: ExecutionEvent) -> dict[str, Any]:
+    return {
+        "execution_id": event.execution_id,
+        "step_id": event.step_id,
+        "attempt": event.attempt,
+        "action": event.action,
+        "status": StepStatus.RUNNING.value,
+        "started_at": event.timestamp
+        if event.step_status is StepStatus.RUNNING
+        else event.started_at,
+        "finished_at": None,
+        "duration_seconds": None,
+        "error_type": "",
+    }
+
+
+def _attempt_update(event: ExecutionEvent) -> dict[str, Any]:
+    assert event.step_status is not None
+    if event.step_status is StepStatus.RUNNING:
+        return {}
+    return {
+        "status": event.step_status.value,
+        "finished_at": event.timestamp,
+        "duration_seconds": event.duration,
+        "error_type": event.error.type if event.error else "",
+    }
+
+
+@functools.cache
+def _upsert(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
