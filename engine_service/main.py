@@ -1,0 +1,68 @@
+"""`python -m engine_service`: settings, store, engine, gRPC server, metrics, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from engine_service.core.bus import EventBus
+from engine_service.core.engine import Engine
+from engine_service.metrics import EngineMetrics, MetricsEndpoint
+from engine_service.settings import EngineSettings
+from engine_service.storage import open_store
+from engine_service.transport.server import build_server
+
+log = logging.getLogger("engine_service")
+
+
+def main() -> None:
+    settings = EngineSettings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(settings))
+
+
+async def serve(settings: EngineSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    store = await open_store(
+        settings.database_url.get_secret_value(), migrate=settings.migrate_on_start
+    )
+    metrics = EngineMetrics()
+    endpoint = MetricsEndpoint(metrics.registry)
+    try:
+        engine = Engine(
+            store,
+            config=settings.engine_config(),
+            bus=EventBus(queue_size=settings.watch_buffer_events),
+        )
+        metrics.bind(engine)
+        server = build_server(engine, metrics, settings)
+        continued = await engine.start()
+        await server.start()
+        host = settings.address.rsplit(":", 1)[0]
+        log.info("engine listening on %s:%d", host, server.port)
+        log.info("continued %d unfinished executions", continued)
+        if settings.metrics_port:
+            port = endpoint.start(settings.metrics_host, settings.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+        await _until_stopped()
+        log.info("stopping (grace period %.1fs)", settings.grace_period_seconds)
+        await server.stop(settings.grace_period_seconds)
+    finally:
+        endpoint.stop()
+        await store.close()
+    log.info("stopped")
+
+
+async def _until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,122 @@
+"""The engine's configuration, read once from the environment (`STEPSTREAM_ENGINE_*`).
+
+Every field is listed in README.md under "Configuration"; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine_service.core.engine import EngineConfig
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.stepstream/engine.db"
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STEPSTREAM_ENGINE_", extra="ignore", populate_by_name=True
+    )
+
+    address: str = Field(
+        default="127.0.0.1:50051",
+        description="host:port the gRPC server listens on; port 0 picks a free port.",
+    )
+    metrics_port: int = Field(
+        default=9101, ge=0, le=65535, description="Port of the Prometheus endpoint; 0 disables it."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Interface of the Prometheus endpoint (0.0.0.0 in a pod)."
+    )
+    database_url: SecretStr = Field(
+        default=SecretStr(DEFAULT_DATABASE_URL),
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or "
+        "postgresql+asyncpg://user:pass@host/db. A SQLite file's directory is created.",
+    )
+    migrate_on_start: bool = Field(default=True, description="Run database migrations on start.")
+    max_concurrent_steps: int = Field(
+        default=256,
+        ge=1,
+        description="Steps running at once across every execution of this process.",
+    )
+    max_steps_per_execution: int = Field(
+        default=0,
+        ge=0,
+        description="Steps of one execution running at once when its definition sets no "
+        "limit; 0 means no limit.",
+    )
+    max_workflow_depth: int = Field(default=5, ge=1, description="How deep sub-workflows may nest.")
+    grace_period_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="On SIGTERM/SIGINT: how long in-flight RPCs get to finish before the "
+        "server cancels them.",
+    )
+    max_message_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest gRPC message sent or received."
+    )
+    keepalive_time_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Interval of the server's keepalive pings on idle connections.",
+    )
+    keepalive_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="How long a keepalive ping may go unanswered before the connection is closed.",
+    )
+    keepalive_min_ping_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Shortest interval between client pings the server accepts; "
+        "faster pingers are disconnected.",
+    )
+    keepalive_permit_without_calls: bool = Field(
+        default=True,
+        description="Accept client keepalive pings on connections with no active call.",
+    )
+    watch_buffer_events: int = Field(
+        default=10_000,
+        ge=1,
+        description="Events queued per watcher before it counts as fallen behind and its "
+        "stream ends with RESOURCE_EXHAUSTED.",
+    )
+    watch_batch_events: int = Field(
+        default=500, ge=1, description="Most events sent in one EventBatch of a watch stream."
+    )
+    analytics_target: str = Field(
+        default="",
+        validation_alias="STEPSTREAM_ANALYTICS_TARGET",
+        description="host:port of the analytics service that receives events (read from "
+        "STEPSTREAM_ANALYTICS_TARGET; unused until the outbox relay is built).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Logging threshold."
+    )
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            max_steps_per_execution=self.max_steps_per_execution,
+            max_concurrent_steps=self.max_concurrent_steps,
+            max_workflow_depth=self.max_workflow_depth,
+        )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.keepalive_time_ms", _ms(self.keepalive_time_seconds)),
+            ("grpc.keepalive_timeout_ms", _ms(self.keepalive_timeout_seconds)),
+            (
+                "grpc.http2.min_ping_interval_without_data_ms",
+                _ms(self.keepalive_min_ping_interval_seconds),
+            ),
+            ("grpc.keepalive_permit_without_calls", int(self.keepalive_permit_without_calls)),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)

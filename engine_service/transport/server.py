@@ -1,0 +1,67 @@
+"""The gRPC server: EngineService, health, reflection, interceptors and graceful stop."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from stepstream.v1 import engine_pb2, engine_pb2_grpc
+
+from engine_service.core.engine import Engine
+from engine_service.metrics import EngineMetrics
+from engine_service.settings import EngineSettings
+from engine_service.transport.interceptors import ErrorInterceptor, MetricsInterceptor
+from engine_service.transport.servicer import EngineServicer
+from engine_service.transport.streams import EventStreams
+from engine_service.transport.tenancy import Tenancy
+
+log = logging.getLogger(__name__)
+
+ENGINE_SERVICE = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
+
+
+@dataclass
+class EngineServer:
+    server: aio.Server
+    port: int
+    health: HealthServicer
+    streams: EventStreams
+    engine: Engine
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health.set(ENGINE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking calls, end watch streams, let other calls finish, stop the engine.
+
+        The engine stops last: steps in flight are cancelled without committing anything
+        more, so a restart continues each execution from its last committed state.
+        """
+        await self.health.enter_graceful_shutdown()
+        self.streams.close_all()
+        await self.server.stop(grace)
+        await self.engine.stop()
+
+
+def build_server(engine: Engine, metrics: EngineMetrics, settings: EngineSettings) -> EngineServer:
+    server = aio.server(
+        interceptors=[MetricsInterceptor(metrics), ErrorInterceptor()],
+        options=settings.grpc_options(),
+    )
+    streams = EventStreams(engine, max_batch_events=settings.watch_batch_events)
+    servicer = EngineServicer(engine, streams, Tenancy())
+    engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    services = (ENGINE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(settings.address)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.address}")
+    return EngineServer(server, port, health, streams, engine)

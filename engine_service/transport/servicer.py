@@ -1,0 +1,214 @@
+"""EngineService: each RPC checks the request's shape, calls the engine, maps the result.
+
+Errors are raised, never set on the context: the ErrorInterceptor turns them into
+statuses. Schedules answer UNIMPLEMENTED until the scheduler exists.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+from grpc import aio
+from stepstream.v1 import engine_pb2, engine_pb2_grpc, events_pb2
+
+from engine_service.core.definitions import validate_definition
+from engine_service.core.engine import Engine
+from engine_service.core.state import ExecutionEvent
+from engine_service.transport import mapping
+from engine_service.transport.errors import unimplemented
+from engine_service.transport.requests import RequestCheck, execution_query, workflow_query
+from engine_service.transport.streams import EventStreams
+from engine_service.transport.tenancy import Tenancy
+
+Context = aio.ServicerContext[Any, Any]
+SCHEDULES_LATER = "schedules are not available yet: the scheduler is being built"
+
+
+def _batch(events: list[ExecutionEvent]) -> events_pb2.EventBatch:
+    return mapping.batch_to_proto(events, uuid.uuid4().hex)
+
+
+class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
+    def __init__(self, engine: Engine, streams: EventStreams, tenancy: Tenancy) -> None:
+        self._engine = engine
+        self._streams = streams
+        self._tenancy = tenancy
+
+    # ---- workflows -------------------------------------------------------------------
+
+    async def RegisterWorkflow(
+        self, request: engine_pb2.RegisterWorkflowRequest, context: Context
+    ) -> engine_pb2.RegisterWorkflowResponse:
+        tenant = self._tenancy.named(request.definition.tenant, context)
+        data = mapping.definition_from_proto(request.definition)
+        stored = await self._engine.register_workflow(data, tenant)
+        return engine_pb2.RegisterWorkflowResponse(workflow=mapping.definition_to_proto(stored))
+
+    async def GetWorkflow(
+        self, request: engine_pb2.GetWorkflowRequest, context: Context
+    ) -> engine_pb2.GetWorkflowResponse:
+        check = RequestCheck().required(request.workflow_id, "workflow_id")
+        check.non_negative(request.version, "version").done()
+        tenant = self._tenancy.named(request.tenant, context)
+        found = await self._engine.get_workflow(tenant, request.workflow_id, request.version)
+        return engine_pb2.GetWorkflowResponse(workflow=mapping.definition_to_proto(found))
+
+    async def ListWorkflows(
+        self, request: engine_pb2.ListWorkflowsRequest, context: Context
+    ) -> engine_pb2.ListWorkflowsResponse:
+        query = workflow_query(request, self._tenancy.named(request.tenant, context))
+        page = await self._engine.list_workflows(query)
+        return engine_pb2.ListWorkflowsResponse(
+            workflows=[mapping.definition_to_proto(d) for d in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ValidateWorkflow(
+        self, request: engine_pb2.ValidateWorkflowRequest, context: Context
+    ) -> engine_pb2.ValidateWorkflowResponse:
+        tenant = self._tenancy.named(request.definition.tenant, context)
+        data = {**mapping.definition_from_proto(request.definition), "tenant": tenant}
+        limits = self._engine.config.definition_limits
+        problems, plan, stages = validate_definition(data, limits=limits)
+        return engine_pb2.ValidateWorkflowResponse(
+            valid=not problems,
+            problems=[
+                engine_pb2.ValidationProblem(path=p.path, message=p.message) for p in problems
+            ],
+            plan=plan,
+            stages=[engine_pb2.PlanStage(step_ids=stage) for stage in stages],
+        )
+
+    # ---- executions ------------------------------------------------------------------
+
+    async def StartExecution(
+        self, request: engine_pb2.StartExecutionRequest, context: Context
+    ) -> engine_pb2.StartExecutionResponse:
+        state, created = await self._start(request, context)
+        return engine_pb2.StartExecutionResponse(
+            execution=mapping.execution_to_proto(state), created=created
+        )
+
+    async def _start(
+        self, request: engine_pb2.StartExecutionRequest, context: Context
+    ) -> tuple[Any, bool]:
+        check = RequestCheck().required(request.workflow_id, "workflow_id")
+        check.non_negative(request.version, "version").done()
+        return await self._engine.start_execution(
+            self._tenancy.named(request.tenant, context),
+            request.workflow_id,
+            version=request.version,
+            inputs=mapping.struct_to_dict(request.inputs),
+            idempotency_key=request.idempotency_key,
+        )
+
+    async def GetExecution(
+        self, request: engine_pb2.GetExecutionRequest, context: Context
+    ) -> engine_pb2.GetExecutionResponse:
+        check = RequestCheck().required(request.execution_id, "execution_id")
+        check.non_negative(request.at_sequence, "at_sequence").done()
+        state = await self._engine.get_execution(
+            request.execution_id,
+            tenant=self._tenancy.for_lookup(context),
+            at_sequence=request.at_sequence,
+        )
+        return engine_pb2.GetExecutionResponse(execution=mapping.execution_to_proto(state))
+
+    async def ListExecutions(
+        self, request: engine_pb2.ListExecutionsRequest, context: Context
+    ) -> engine_pb2.ListExecutionsResponse:
+        query = execution_query(request, self._tenancy.named(request.tenant, context))
+        page = await self._engine.list_executions(query)
+        return engine_pb2.ListExecutionsResponse(
+            executions=[mapping.execution_to_proto(s) for s in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def CancelExecution(
+        self, request: engine_pb2.CancelExecutionRequest, context: Context
+    ) -> engine_pb2.CancelExecutionResponse:
+        RequestCheck().required(request.execution_id, "execution_id").done()
+        state = await self._engine.cancel_execution(
+            request.execution_id, tenant=self._tenancy.for_lookup(context), reason=request.reason
+        )
+        return engine_pb2.CancelExecutionResponse(execution=mapping.execution_to_proto(state))
+
+    async def PauseExecution(
+        self, request: engine_pb2.PauseExecutionRequest, context: Context
+    ) -> engine_pb2.PauseExecutionResponse:
+        RequestCheck().required(request.execution_id, "execution_id").done()
+        state = await self._engine.pause_execution(
+            request.execution_id, tenant=self._tenancy.for_lookup(context)
+        )
+        return engine_pb2.PauseExecutionResponse(execution=mapping.execution_to_proto(state))
+
+    async def ResumeExecution(
+        self, request: engine_pb2.ResumeExecutionRequest, context: Context
+    ) -> engine_pb2.ResumeExecutionResponse:
+        RequestCheck().required(request.execution_id, "execution_id").done()
+        state = await self._engine.resume_execution(
+            request.execution_id,
+            tenant=self._tenancy.for_lookup(context),
+            inputs=mapping.struct_to_dict(request.inputs),
+        )
+        return engine_pb2.ResumeExecutionResponse(execution=mapping.execution_to_proto(state))
+
+    # ---- streams ---------------------------------------------------------------------
+
+    async def WatchExecution(
+        self, request: engine_pb2.WatchExecutionRequest, context: Context
+    ) -> AsyncIterator[engine_pb2.WatchExecutionResponse]:
+        check = RequestCheck().required(request.execution_id, "execution_id")
+        check.non_negative(request.after_sequence, "after_sequence").done()
+        events = self._streams.watch_execution(
+            request.execution_id, request.after_sequence, tenant=self._tenancy.for_lookup(context)
+        )
+        async for batch in events:
+            yield engine_pb2.WatchExecutionResponse(batch=_batch(batch))
+
+    async def WatchExecutions(
+        self, request: engine_pb2.WatchExecutionsRequest, context: Context
+    ) -> AsyncIterator[engine_pb2.WatchExecutionsResponse]:
+        check = RequestCheck()
+        statuses = check.statuses(request.statuses, "statuses")
+        check.done()
+        tenant = self._tenancy.named(request.tenant, context)
+        async for batch in self._streams.watch_executions(tenant, request.workflow_id, statuses):
+            yield engine_pb2.WatchExecutionsResponse(batch=_batch(batch))
+
+    async def RunAndWatch(
+        self, request: engine_pb2.RunAndWatchRequest, context: Context
+    ) -> AsyncIterator[engine_pb2.RunAndWatchResponse]:
+        state, _ = await self._start(request.start, context)
+        yield engine_pb2.RunAndWatchResponse(execution=mapping.execution_to_proto(state))
+        async for batch in self._streams.watch_execution(state.id, 0, tenant=None):
+            yield engine_pb2.RunAndWatchResponse(batch=_batch(batch))
+
+    # ---- schedules (the next issue) --------------------------------------------------
+
+    async def CreateSchedule(
+        self, request: engine_pb2.CreateScheduleRequest, context: Context
+    ) -> engine_pb2.CreateScheduleResponse:
+        await _not_yet(context)
+
+    async def ListSchedules(
+        self, request: engine_pb2.ListSchedulesRequest, context: Context
+    ) -> engine_pb2.ListSchedulesResponse:
+        await _not_yet(context)
+
+    async def UpdateSchedule(
+        self, request: engine_pb2.UpdateScheduleRequest, context: Context
+    ) -> engine_pb2.UpdateScheduleResponse:
+        await _not_yet(context)
+
+    async def DeleteSchedule(
+        self, request: engine_pb2.DeleteScheduleRequest, context: Context
+    ) -> engine_pb2.DeleteScheduleResponse:
+        await _not_yet(context)
+
+
+async def _not_yet(context: Context) -> NoReturn:
+    status = unimplemented(SCHEDULES_LATER)
+    await context.abort(status.code, status.details, status.trailing_metadata)
