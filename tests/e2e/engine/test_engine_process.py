@@ -17,10 +17,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpc import aio
-from stepstream.v1 import engine_pb2, engine_pb2_grpc
+from stepstream.v1 import engine_pb2, engine_pb2_grpc, workflow_pb2
 
 from engine_service.core.state import ExecutionStatus, blank, replay
 from engine_service.storage import open_store
@@ -149,8 +150,8 @@ async def test_sigterm_mid_run_then_restart_keeps_committed_state(
     await _assert_nothing_half_written(database, {e.id for e in slow} | {finished.id})
 
 
-def _slow_fan_out() -> object:
-    steps = [{"id": "first", "action": "noop"}]
+def _slow_fan_out() -> workflow_pb2.WorkflowDefinition:
+    steps: list[dict[str, Any]] = [{"id": "first", "action": "noop"}]
     steps += [
         {
             "id": f"wait{i}",
