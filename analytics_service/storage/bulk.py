@@ -1,7 +1,9 @@
 """Set-based writes for both dialects: a batch is a few multi-row statements, not a loop.
 
-Rows go out as multi-row `INSERT ... VALUES ... ON CONFLICT`, in chunks that stay under
-the drivers' bind-parameter limits (32767 for asyncpg and SQLite).
+On Postgres each column travels as one array parameter and the rows come out of
+`unnest(...)`: `INSERT ... SELECT * FROM unnest(...) ON CONFLICT ...`. The SQL text is the
+same for every batch size, so the driver's prepared statement is reused. On SQLite rows go
+out as multi-row `INSERT ... VALUES ... ON CONFLICT`, in chunks under its bind limit.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, func
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, Table, func, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 MAX_BIND_PARAMETERS = 30_000
@@ -37,35 +39,32 @@ def dialect_name(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
-def _insert(session: AsyncSession, table: Table) -> Any:
-    if dialect_name(session) == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
-
-
-def _merged(dialect: str, merge: Merge, stored: Any, incoming: Any) -> ColumnElement[Any]:
+def _merged(merge: Merge, stored: Any, incoming: Any) -> ColumnElement[Any]:
+    """SQLite's merge expressions: its two-argument min/max are scalar functions."""
     if merge is Merge.ADD:
         return stored + incoming  # type: ignore[no-any-return]
-    # Two-argument min/max are SQLite's scalar functions; Postgres names them least/greatest.
     if merge is Merge.LEAST:
-        return (
-            func.least(stored, incoming) if dialect == "postgresql" else func.min(stored, incoming)
-        )
-    return (
-        func.greatest(stored, incoming) if dialect == "postgresql" else func.max(stored, incoming)
-    )
+        return func.min(stored, incoming)
+    return func.max(stored, incoming)
 
 
 async def insert_new(
     session: AsyncSession, table: Table, rows: Sequence[Row], returning: Sequence[str]
 ) -> list[tuple[Any, ...]]:
     """Insert the rows whose primary key is new; return `returning` of those inserted."""
-    inserted: list[tuple[Any, ...]] = []
     if not rows:
-        return inserted
+        return []
+    if dialect_name(session) == "postgresql":
+        sql = (
+            f"{_unnest_insert(session, table)} "
+            f"ON CONFLICT DO NOTHING RETURNING {', '.join(returning)}"
+        )
+        result = await session.execute(text(sql), _columns(table, rows))
+        return [tuple(row) for row in result.all()]
+    inserted: list[tuple[Any, ...]] = []
     for chunk in _chunks(rows, len(rows[0])):
         statement = (
-            _insert(session, table)
+            sqlite.insert(table)
             .values(list(chunk))
             .on_conflict_do_nothing()
             .returning(*(table.c[name] for name in returning))
@@ -85,12 +84,46 @@ async def upsert(
     """
     if not rows:
         return
-    dialect = dialect_name(session)
     keys = [column.name for column in table.primary_key.columns]
+    if dialect_name(session) == "postgresql":
+        changes = ", ".join(
+            f"{name} = {_sql_merge(merge, f'{table.name}.{name}', f'EXCLUDED.{name}')}"
+            for name, merge in merges.items()
+        )
+        sql = (
+            f"{_unnest_insert(session, table)} "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {changes}"
+        )
+        await session.execute(text(sql), _columns(table, rows))
+        return
     for chunk in _chunks(rows, len(rows[0])):
-        statement = _insert(session, table).values(list(chunk))
-        changes = {
-            name: _merged(dialect, merge, table.c[name], statement.excluded[name])
+        statement = sqlite.insert(table).values(list(chunk))
+        sqlite_changes = {
+            name: _merged(merge, table.c[name], statement.excluded[name])
             for name, merge in merges.items()
         }
-        await session.execute(statement.on_conflict_do_update(index_elements=keys, set_=changes))
+        await session.execute(
+            statement.on_conflict_do_update(index_elements=keys, set_=sqlite_changes)
+        )
+
+
+def _columns(table: Table, rows: Sequence[Row]) -> dict[str, list[Any]]:
+    return {column.name: [row[column.name] for row in rows] for column in table.columns}
+
+
+def _unnest_insert(session: AsyncSession, table: Table) -> str:
+    """INSERT of every column of `table` from one array parameter per column."""
+    dialect = session.get_bind().dialect
+    names = [column.name for column in table.columns]
+    arrays = ", ".join(
+        f"CAST(:{column.name} AS {column.type.compile(dialect=dialect)}[])"
+        for column in table.columns
+    )
+    return f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays})"
+
+
+def _sql_merge(merge: Merge, stored: str, incoming: str) -> str:
+    if merge is Merge.ADD:
+        return f"{stored} + {incoming}"
+    function = "LEAST" if merge is Merge.LEAST else "GREATEST"
+    return f"{function}({stored}, {incoming})"

@@ -1,0 +1,83 @@
+"""An in-process analytics service on 127.0.0.1 port 0, over SQLite or Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from pydantic import SecretStr
+from stepstream.v1 import analytics_pb2_grpc
+
+from analytics_service.main import RunningService, start
+from analytics_service.settings import AnalyticsSettings
+from tests.unit.analytics.builders import T0
+
+
+@pytest.fixture(autouse=True)
+def close_leaked_event_loops() -> Iterator[None]:
+    """Close event loops left unclosed once the test and its fixtures are done.
+
+    looptime's pytest hook asks the policy for an event loop during each async test and so
+    creates one that nobody closes; collected later, mid-session, its ResourceWarning would
+    fail an unrelated test under `filterwarnings = error`. Being autouse, this fixture is torn
+    down after pytest-asyncio has closed the test's own loop.
+    """
+    yield
+    for candidate in gc.get_objects():
+        is_loop = isinstance(candidate, asyncio.AbstractEventLoop)
+        if is_loop and not candidate.is_closed() and not candidate.is_running():
+            candidate.close()
+
+
+class ManualClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def service_settings(database_url: str, **overrides: Any) -> AnalyticsSettings:
+    values: dict[str, Any] = {
+        "address": "127.0.0.1:0",
+        "metrics_port": 0,
+        "database_url": SecretStr(database_url),
+        "alert_interval_seconds": 3600.0,
+        "fact_retention_days": 0,
+        "webhook_backoff_seconds": 0.01,
+        "shutdown_grace_seconds": 0.5,
+    }
+    values.update(overrides)
+    return AnalyticsSettings(**values)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0 + timedelta(hours=1))
+
+
+@pytest.fixture
+async def service(database_url: str, clock: ManualClock) -> AsyncIterator[RunningService]:
+    running = await start(service_settings(database_url), clock=clock)
+    try:
+        yield running
+    finally:
+        await running.stop(0.5)
+
+
+@pytest.fixture
+async def stub(
+    service: RunningService,
+) -> AsyncIterator[analytics_pb2_grpc.AnalyticsServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        yield analytics_pb2_grpc.AnalyticsServiceStub(channel)
