@@ -8,10 +8,9 @@ dropped afterwards. Under CI=true an unreachable server fails the test instead o
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -30,32 +29,45 @@ def _with_database(url: str, database: str) -> str:
 
 
 async def _connect_admin() -> asyncpg.Connection:
+    return await asyncpg.connect(admin_postgres_url(), timeout=5)
+
+
+async def _admin_execute(statement: str) -> None:
+    admin = await _connect_admin()
     try:
-        return await asyncpg.connect(admin_postgres_url(), timeout=5)
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+def _run_admin(statement: str) -> None:
+    """Runs one admin statement on a loop of its own.
+
+    The fixtures are synchronous so parametrized fixtures can request them by name;
+    pytest-asyncio leaks a loop when an async fixture is requested that way.
+    """
+    # Not asyncio.run(): it would unset pytest-asyncio's current loop, which then leaks.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(_admin_execute(statement))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         message = f"Postgres at {admin_postgres_url()} is unreachable: {exc}"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    finally:
+        loop.close()
 
 
 @pytest.fixture
-async def postgres_database() -> AsyncIterator[str]:
+def postgres_database() -> Iterator[str]:
     """A fresh, empty database; yields its asyncpg-style URL (postgresql://...)."""
     name = f"stepstream_test_{uuid.uuid4().hex[:12]}"
-    admin = await _connect_admin()
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    _run_admin(f'CREATE DATABASE "{name}"')
     try:
         yield _with_database(admin_postgres_url(), name)
     finally:
-        admin = await _connect_admin()
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        _run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -76,16 +88,3 @@ def database_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Close event loops that pytest-asyncio created and left unclosed.
-
-    pytest-asyncio 1.5 leaves one such loop behind after the last async test; collected at
-    interpreter shutdown, its ResourceWarning would fail the run under `filterwarnings = error`.
-    """
-    for candidate in gc.get_objects():
-        is_loop = isinstance(candidate, asyncio.AbstractEventLoop)
-        if is_loop and not candidate.is_closed() and not candidate.is_running():
-            candidate.close()

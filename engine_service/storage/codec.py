@@ -144,11 +144,24 @@ def _step_from_json(step_id: str, data: Mapping[str, Any]) -> StepState:
 def state_snapshot(state: ExecutionState) -> dict[str, Any]:
     """What the `state` column keeps: everything not already in a column of its own."""
     return {
+        "status": state.status.value,
+        "started_at": _time(state.started_at),
+        "finished_at": _time(state.finished_at),
         "inputs": dict(state.inputs),
         "steps": {step_id: _step_to_json(step) for step_id, step in state.steps.items()},
         "error": _failure(state.error),
         "completion_order": list(state.completion_order),
         "compensated_steps": list(state.compensated_steps),
+    }
+
+
+def progress_columns(state: ExecutionState) -> dict[str, Any]:
+    """The columns every append updates; the snapshot is written less often."""
+    return {
+        "status": state.status.value,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "last_sequence": state.last_sequence,
     }
 
 
@@ -168,11 +181,13 @@ def execution_columns(state: ExecutionState) -> dict[str, Any]:
         "schedule_id": state.schedule_id,
         "depth": state.depth,
         "last_sequence": state.last_sequence,
+        "snapshot_sequence": state.last_sequence,
         "state": state_snapshot(state),
     }
 
 
-def state_from_row(row: Any) -> ExecutionState:
+def snapshot_from_row(row: Any) -> ExecutionState:
+    """The state as of `row.snapshot_sequence`; events after it still need folding."""
     snapshot = row["state"]
     created_at = as_utc(row["created_at"])
     assert created_at is not None
@@ -182,17 +197,17 @@ def state_from_row(row: Any) -> ExecutionState:
         workflow_id=row["workflow_id"],
         workflow_version=row["workflow_version"],
         created_at=created_at,
-        status=ExecutionStatus(row["status"]),
+        status=ExecutionStatus(snapshot["status"]),
         inputs=snapshot["inputs"],
         steps={k: _step_from_json(k, v) for k, v in snapshot["steps"].items()},
-        started_at=as_utc(row["started_at"]),
-        finished_at=as_utc(row["finished_at"]),
+        started_at=_parse_time(snapshot["started_at"]),
+        finished_at=_parse_time(snapshot["finished_at"]),
         parent_execution_id=row["parent_execution_id"],
         parent_step_id=row["parent_step_id"],
         idempotency_key=row["idempotency_key"],
         schedule_id=row["schedule_id"],
         depth=row["depth"],
-        last_sequence=row["last_sequence"],
+        last_sequence=row["snapshot_sequence"],
         error=_parse_failure(snapshot["error"]),
         completion_order=tuple(snapshot["completion_order"]),
         compensated_steps=tuple(snapshot["compensated_steps"]),

@@ -52,6 +52,9 @@ class ExecutionRow(Base):
     schedule_id: Mapped[str] = mapped_column(String(64), default="")
     depth: Mapped[int] = mapped_column(Integer, default=0)
     last_sequence: Mapped[int] = mapped_column(BigInteger)
+    # `state` is the fold of events up to `snapshot_sequence`; later events are folded
+    # on read. Rewriting the whole snapshot on every append cost most of the CPU.
+    snapshot_sequence: Mapped[int] = mapped_column(BigInteger)
     state: Mapped[dict[str, Any]] = mapped_column(Json)
 
     __table_args__ = (

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from engine_service.core.definitions import DefinitionLimits, parse_definition
 from engine_service.core.errors import ConcurrentModification, NotFound
 from engine_service.core.model import WorkflowDefinition
-from engine_service.core.state import ExecutionEvent, ExecutionState, StepStatus
+from engine_service.core.state import EventKind, ExecutionEvent, ExecutionState, StepStatus, replay
 from engine_service.core.store import (
     ExecutionQuery,
     ExecutionStore,
@@ -34,7 +34,9 @@ from engine_service.storage.codec import (
     event_from_json,
     event_to_json,
     execution_columns,
-    state_from_row,
+    progress_columns,
+    snapshot_from_row,
+    state_snapshot,
 )
 from engine_service.storage.group_commit import GroupCommitter
 from engine_service.storage.models import (
@@ -54,6 +56,8 @@ _FINISHED_ATTEMPT = frozenset(
     {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED}
 )
 Append = tuple[ExecutionState, Sequence[ExecutionEvent]]
+# Events between snapshots of an execution's state; reads fold at most this many.
+SNAPSHOT_EVERY = 64
 
 
 class SqlExecutionStore(ExecutionStore):
@@ -200,20 +204,17 @@ class SqlExecutionStore(ExecutionStore):
 
     async def _write_appends(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
         for state, events in batch:
-            columns = execution_columns(state)
+            values = progress_columns(state)
+            if _needs_snapshot(events):
+                values["snapshot_sequence"] = state.last_sequence
+                values["state"] = state_snapshot(state)
             result = await connection.execute(
                 update(executions)
                 .where(
                     executions.c.id == state.id,
                     executions.c.last_sequence == events[0].sequence - 1,
                 )
-                .values(
-                    status=columns["status"],
-                    started_at=columns["started_at"],
-                    finished_at=columns["finished_at"],
-                    last_sequence=columns["last_sequence"],
-                    state=columns["state"],
-                )
+                .values(values)
             )
             if result.rowcount != 1:
                 raise ConcurrentModification(
@@ -224,33 +225,40 @@ class SqlExecutionStore(ExecutionStore):
         await _record_attempts(connection, self.dialect, all_events)
 
     async def get_execution(self, execution_id: str) -> ExecutionState:
-        async with self._engine.connect() as connection:
-            row = (
-                (
-                    await connection.execute(
-                        select(executions).where(executions.c.id == execution_id)
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        if row is None:
+        states = await self._load(executions.c.id == execution_id)
+        if not states:
             raise NotFound(kind="execution", key=execution_id)
-        return state_from_row(row)
+        return states[0]
 
     async def list_executions(self, query: ExecutionQuery) -> Page[ExecutionState]:
         offset = decode_page_token(query.page_token)
         size = page_bounds(query.page_size)
-        statement = (
-            _filtered(select(executions), query)
+        ids = (
+            _filtered(select(executions.c.id), query)
             .order_by(executions.c.created_at.desc(), executions.c.id.desc())
             .offset(offset)
             .limit(size + 1)
         )
         async with self._engine.connect() as connection:
-            rows = (await connection.execute(statement)).mappings().all()
-        states = tuple(state_from_row(r) for r in rows[:size])
-        return Page(states, encode_page_token(offset + size) if len(rows) > size else "")
+            page_ids = list(await connection.scalars(ids))
+        by_id = {s.id: s for s in await self._load(executions.c.id.in_(page_ids[:size]))}
+        states = tuple(by_id[i] for i in page_ids[:size])
+        return Page(states, encode_page_token(offset + size) if len(page_ids) > size else "")
+
+    async def _load(self, where: Any) -> list[ExecutionState]:
+        """Executions matching `where`: each snapshot with its later events folded in."""
+        tail = (
+            select(execution_events.c.execution_id, execution_events.c.payload)
+            .join(executions, executions.c.id == execution_events.c.execution_id)
+            .where(where, execution_events.c.sequence > executions.c.snapshot_sequence)
+            .order_by(execution_events.c.execution_id, execution_events.c.sequence)
+        )
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(select(executions).where(where))).mappings().all()
+            pending: dict[str, list[ExecutionEvent]] = {}
+            for execution_id, payload in await connection.execute(tail):
+                pending.setdefault(execution_id, []).append(event_from_json(payload))
+        return [replay(snapshot_from_row(r), pending.get(r["id"], [])) for r in rows]
 
     async def read_events(
         self, execution_id: str, after_sequence: int = 0, limit: int = 0
@@ -276,14 +284,16 @@ class SqlExecutionStore(ExecutionStore):
         return [event_from_json(p) for p in payloads]
 
     async def unfinished_executions(self) -> list[ExecutionState]:
-        statement = (
-            select(executions)
-            .where(executions.c.finished_at.is_(None))
-            .order_by(executions.c.created_at, executions.c.id)
-        )
-        async with self._engine.connect() as connection:
-            rows = (await connection.execute(statement)).mappings().all()
-        return [s for s in map(state_from_row, rows) if not s.status.is_terminal]
+        states = await self._load(executions.c.finished_at.is_(None))
+        states.sort(key=lambda s: (s.created_at, s.id))
+        return [s for s in states if not s.status.is_terminal]
+
+
+def _needs_snapshot(events: Sequence[ExecutionEvent]) -> bool:
+    """Snapshot on execution status changes and every SNAPSHOT_EVERY events."""
+    if any(e.kind is EventKind.EXECUTION_STATUS_CHANGED for e in events):
+        return True
+    return events[-1].sequence // SNAPSHOT_EVERY != (events[0].sequence - 1) // SNAPSHOT_EVERY
 
 
 def _latest_version() -> Any:

@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("schedule_id", sa.String(64), nullable=False),
         sa.Column("depth", sa.Integer(), nullable=False),
         sa.Column("last_sequence", sa.BigInteger(), nullable=False),
+        sa.Column("snapshot_sequence", sa.BigInteger(), nullable=False),
         sa.Column("state", Json, nullable=False),
     )
     op.create_index("ix_executions_tenant_created", "executions", ["tenant", "created_at"])
