@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import grpc
 import pytest
@@ -19,7 +20,7 @@ from tests.integration.analytics import scenario
 from tests.integration.analytics.wire import ingest, time_range
 from tests.unit.analytics.builders import T0
 
-Stub = analytics_pb2_grpc.AnalyticsServiceAsyncStub
+Stub: TypeAlias = "analytics_pb2_grpc.AnalyticsServiceAsyncStub"
 EVERYTHING = time_range(T0.replace(hour=0), T0.replace(hour=23))
 TEMPLATE_SIZE = len(scenario.orders_events())
 

@@ -6,6 +6,7 @@ import csv
 import io
 import statistics
 from datetime import timedelta
+from typing import TypeAlias
 
 import grpc
 import pytest
@@ -16,7 +17,7 @@ from tests.integration.analytics.wire import ingest, time_range
 from tests.unit.analytics.builders import T0
 from tests.unit.analytics.test_histogram import percentile_cont
 
-Stub = analytics_pb2_grpc.AnalyticsServiceAsyncStub
+Stub: TypeAlias = "analytics_pb2_grpc.AnalyticsServiceAsyncStub"
 HOUR = time_range(T0, T0 + timedelta(hours=1))
 
 
