@@ -88,6 +88,27 @@ async def test_a_watcher_that_falls_behind_is_told_where_to_resume(harness: Harn
     assert info.metadata["after_sequence"] == str(received[-1])
 
 
+async def test_shutdown_ends_watch_streams_with_where_to_resume(harness: Harness) -> None:
+    await register(harness.stub, chain("w", "delay", delay={"seconds": 30}))
+    execution = await start(harness.stub, "w")
+    stream = harness.stub.WatchExecution(
+        engine_pb2.WatchExecutionRequest(execution_id=execution.id)
+    )
+    received = [e.sequence for e in (await first(stream)).batch.events]
+    await _wait_for_subscribers(harness, 1)
+    harness.server.streams.close_all()
+    error = await stream_error(stream, received=received)
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    (info,) = details_of(error, error_details_pb2.ErrorInfo)
+    assert info.reason == "SERVER_SHUTTING_DOWN"
+    assert info.metadata["after_sequence"] == str(received[-1])
+    assert harness.engine.bus.subscriber_count == 0
+    late = await stream_error(
+        harness.stub.WatchExecution(engine_pb2.WatchExecutionRequest(execution_id=execution.id))
+    )
+    assert late.code() is grpc.StatusCode.UNAVAILABLE
+
+
 async def test_watch_bad_input(harness: Harness) -> None:
     error = await stream_error(harness.stub.WatchExecution(engine_pb2.WatchExecutionRequest()))
     assert bad_fields(error) == ["execution_id"]

@@ -1,0 +1,277 @@
+"""Engine throughput over gRPC against Postgres, next to pgbench on the same database.
+
+    .venv/bin/python -m bench.engine_throughput --executions 200
+
+Starts `python -m engine_service` on a fresh database, runs N concurrent executions of a
+10x10 layered DAG of `noop` steps (each step depends on every step of the layer before),
+then N/2, and reports steps/s and dispatch latency: from the moment a step's last
+dependency settled (its COMPLETED event, or the execution's RUNNING event for the first
+layer) to the step's RUNNING event, from the events' own timestamps. Then `pgbench -N`
+runs on the same database; the ratio of the two is the figure to watch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from google.protobuf import json_format
+from grpc import aio
+from stepstream.v1 import engine_pb2, engine_pb2_grpc, events_pb2, workflow_pb2
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+WORKFLOW_ID = "bench_layered_dag"
+LAYERS = WIDTH = 10
+LISTENING = re.compile(r"engine listening on 127\.0\.0\.1:(\d+)")
+TERMINAL = [
+    events_pb2.ExecutionStatus.Value(f"EXECUTION_STATUS_{name}")
+    for name in ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELLED", "TIMED_OUT")
+]
+RUNNING_STEP = events_pb2.StepStatus.Value("STEP_STATUS_RUNNING")
+SETTLED_STEP = {
+    events_pb2.StepStatus.Value(f"STEP_STATUS_{name}")
+    for name in ("COMPLETED", "FAILED", "TIMED_OUT", "SKIPPED", "CANCELLED")
+}
+RUNNING_EXECUTION = events_pb2.ExecutionStatus.Value("EXECUTION_STATUS_RUNNING")
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    executions: int
+    steps_per_second: float
+    dispatch_p50_ms: float
+    dispatch_p99_ms: float
+
+
+def layered_dag() -> workflow_pb2.WorkflowDefinition:
+    steps: list[dict[str, Any]] = []
+    for layer in range(LAYERS):
+        for index in range(WIDTH):
+            step: dict[str, Any] = {"id": f"l{layer}_{index}", "action": "noop"}
+            if layer:
+                step["depends_on"] = [f"l{layer - 1}_{i}" for i in range(WIDTH)]
+            steps.append(step)
+    return json_format.ParseDict(
+        {"id": WORKFLOW_ID, "steps": steps}, workflow_pb2.WorkflowDefinition()
+    )
+
+
+# ---- the database and the engine process ------------------------------------------------
+
+
+def with_database(url: str, database: str) -> str:
+    return url.rpartition("/")[0] + "/" + database
+
+
+async def create_database(admin_url: str) -> str:
+    name = f"stepstream_bench_{uuid.uuid4().hex[:10]}"
+    connection = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return name
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    connection = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+async def start_engine(database_url: str, log: Path) -> tuple[asyncio.subprocess.Process, int]:
+    env = {
+        **os.environ,
+        "STEPSTREAM_ENGINE_ADDRESS": "127.0.0.1:0",
+        "STEPSTREAM_ENGINE_METRICS_PORT": "0",
+        "STEPSTREAM_ENGINE_DATABASE_URL": database_url.replace(
+            "postgresql://", "postgresql+asyncpg://", 1
+        ),
+        "STEPSTREAM_ENGINE_MAX_CONCURRENT_STEPS": "100000",
+        "STEPSTREAM_ENGINE_WATCH_BUFFER_EVENTS": "10000000",
+    }
+    sink = log.open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine_service",
+        env=env,
+        stdout=sink,
+        stderr=sink,
+    )
+    sink.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = LISTENING.search(_read(log))
+        if found:
+            return process, int(found.group(1))
+        if process.returncode is not None:
+            raise SystemExit(f"the engine exited:\n{_read(log)}")
+        await asyncio.sleep(0.1)
+    process.kill()
+    raise SystemExit("the engine did not start within 60 s")
+
+
+def _read(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+# ---- one measured run -------------------------------------------------------------------
+
+
+async def run_executions(stub: engine_pb2_grpc.EngineServiceAsyncStub, count: int) -> list[str]:
+    """Start `count` executions at once and wait until all have ended; their ids."""
+    watch = stub.WatchExecutions(
+        engine_pb2.WatchExecutionsRequest(workflow_id=WORKFLOW_ID, statuses=TERMINAL)
+    )
+    await asyncio.sleep(0.2)  # let the subscription register before the first start
+    request = engine_pb2.StartExecutionRequest(workflow_id=WORKFLOW_ID)
+    started = await asyncio.gather(*(stub.StartExecution(request) for _ in range(count)))
+    ids = {response.execution.id for response in started}
+    ended: set[str] = set()
+    async for response in watch:
+        ended.update(e.execution_id for e in response.batch.events if e.execution_id in ids)
+        if len(ended) == len(ids):
+            break
+    watch.cancel()
+    return sorted(ids)
+
+
+async def history(
+    stub: engine_pb2_grpc.EngineServiceAsyncStub, execution_id: str
+) -> list[events_pb2.ExecutionEvent]:
+    request = engine_pb2.WatchExecutionRequest(execution_id=execution_id)
+    return [e async for response in stub.WatchExecution(request) for e in response.batch.events]
+
+
+def dispatch_latencies(events: list[events_pb2.ExecutionEvent]) -> list[float]:
+    """Seconds from each step's dependencies settling to its RUNNING event."""
+    settled: dict[str, float] = {}
+    running_at = 0.0
+    latencies = []
+    for event in events:
+        at = event.timestamp.ToNanoseconds() / 1e9
+        if event.execution_status == RUNNING_EXECUTION and not event.step_id:
+            running_at = at
+        elif event.step_status in SETTLED_STEP:
+            settled[event.step_id] = at
+        elif event.step_status == RUNNING_STEP and event.attempt == 1:
+            ready = max((settled[d] for d in event.depends_on), default=running_at)
+            latencies.append(at - ready)
+    return latencies
+
+
+async def measure(stub: engine_pb2_grpc.EngineServiceAsyncStub, count: int) -> RunFigures:
+    ids = await run_executions(stub, count)
+    histories = [await history(stub, execution_id) for execution_id in ids]
+    first = min(h[0].timestamp.ToNanoseconds() for h in histories) / 1e9
+    last = max(h[-1].timestamp.ToNanoseconds() for h in histories) / 1e9
+    steps = sum(1 for h in histories for e in h if e.step_status == RUNNING_STEP)
+    latencies = sorted(x for h in histories for x in dispatch_latencies(h))
+    return RunFigures(
+        executions=count,
+        steps_per_second=steps / (last - first),
+        dispatch_p50_ms=statistics.median(latencies) * 1000,
+        dispatch_p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    )
+
+
+# ---- pgbench ----------------------------------------------------------------------------
+
+
+def pgbench_binary() -> str:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"))
+    if not found:
+        raise SystemExit("pgbench not found under /usr/lib/postgresql/*/bin/")
+    return found[-1]
+
+
+def pgbench_tps(database_url: str, clients: int, seconds: int) -> float:
+    binary = pgbench_binary()
+    subprocess.run([binary, "-i", "-q", database_url], check=True, capture_output=True)
+    result = subprocess.run(
+        [binary, "-N", "-c", str(clients), "-j", str(clients), "-T", str(seconds), database_url],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", result.stdout)
+    if match is None:
+        raise SystemExit(f"cannot read pgbench output:\n{result.stdout}")
+    return float(match.group(1))
+
+
+# ---- main -------------------------------------------------------------------------------
+
+
+async def benchmark(arguments: argparse.Namespace) -> None:
+    admin_url = arguments.postgres_url
+    name = await create_database(admin_url)
+    database_url = with_database(admin_url, name)
+    process: asyncio.subprocess.Process | None = None
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            process, port = await start_engine(database_url, Path(scratch) / "engine.log")
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = engine_pb2_grpc.EngineServiceStub(channel)
+                await stub.RegisterWorkflow(
+                    engine_pb2.RegisterWorkflowRequest(definition=layered_dag())
+                )
+                await measure(stub, min(10, arguments.executions))  # warm-up
+                peak = await measure(stub, arguments.executions)
+                half = await measure(stub, max(1, arguments.executions // 2))
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 30)
+        tps = pgbench_tps(database_url, arguments.pgbench_clients, arguments.pgbench_seconds)
+    finally:
+        if process is not None and process.returncode is None:
+            process.kill()
+        await drop_database(admin_url, name)
+    report(peak, half, tps, arguments)
+
+
+def report(peak: RunFigures, half: RunFigures, tps: float, arguments: argparse.Namespace) -> None:
+    print(f"engine: {LAYERS}x{WIDTH} layered DAG of noop steps, gRPC, Postgres")
+    for figures in (peak, half):
+        print(
+            f"  {figures.executions:>5} concurrent executions: "
+            f"{figures.steps_per_second:9.1f} steps/s, dispatch p50 "
+            f"{figures.dispatch_p50_ms:7.2f} ms, p99 {figures.dispatch_p99_ms:7.2f} ms"
+        )
+    print(
+        f"pgbench -N -c {arguments.pgbench_clients} -T {arguments.pgbench_seconds}: {tps:.1f} TPS"
+    )
+    print(f"ratio steps/s / pgbench TPS: {peak.steps_per_second / tps:.2f} (target >= 2)")
+    print(f"dispatch p99 at half load: {half.dispatch_p99_ms:.2f} ms (target < 5 ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--executions", type=int, default=100, help="concurrent executions")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("STEPSTREAM_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="a database on the server where the benchmark database is created",
+    )
+    parser.add_argument("--pgbench-clients", type=int, default=8)
+    parser.add_argument("--pgbench-seconds", type=int, default=10)
+    asyncio.run(benchmark(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
