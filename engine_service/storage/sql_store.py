@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, select, update
+from sqlalchemy import Select, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -203,26 +203,42 @@ class SqlExecutionStore(ExecutionStore):
             await self._committer.submit((state, events))
 
     async def _write_appends(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
-        for state, events in batch:
-            values = progress_columns(state)
-            if _needs_snapshot(events):
-                values["snapshot_sequence"] = state.last_sequence
-                values["state"] = state_snapshot(state)
-            result = await connection.execute(
-                update(executions)
-                .where(
-                    executions.c.id == state.id,
-                    executions.c.last_sequence == events[0].sequence - 1,
-                )
-                .values(values)
-            )
-            if result.rowcount != 1:
-                raise ConcurrentModification(
-                    execution_id=state.id, expected_sequence=events[0].sequence - 1
-                )
+        """One batch of appends: a fixed number of round trips, whatever its size."""
+        await self._check_sequences(connection, batch)
+        progress = [{"b_id": state.id, **progress_columns(state)} for state, _ in batch]
+        await connection.execute(_UPDATE_PROGRESS, progress)
+        snapshots = [
+            {
+                "b_id": state.id,
+                "snapshot_sequence": state.last_sequence,
+                "state": state_snapshot(state),
+            }
+            for state, events in batch
+            if _needs_snapshot(events)
+        ]
+        if snapshots:
+            await connection.execute(_UPDATE_SNAPSHOT, snapshots)
         all_events = [event for _, events in batch for event in events]
         await _insert_events(connection, all_events)
         await _record_attempts(connection, self.dialect, all_events)
+
+    async def _check_sequences(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
+        """Lock the batch's executions and refuse any append from a stale sequence."""
+        expected: dict[str, int] = {}
+        for state, events in batch:
+            if state.id in expected:  # two appends of one execution in one batch
+                expected[state.id] = min(expected[state.id], events[0].sequence - 1)
+            else:
+                expected[state.id] = events[0].sequence - 1
+        locked = select(executions.c.id, executions.c.last_sequence).where(
+            executions.c.id.in_(sorted(expected))
+        )
+        if self.dialect == "postgresql":
+            locked = locked.with_for_update()
+        stored = {row.id: row.last_sequence for row in await connection.execute(locked)}
+        for execution_id, sequence in expected.items():
+            if stored.get(execution_id) != sequence:
+                raise ConcurrentModification(execution_id=execution_id, expected_sequence=sequence)
 
     async def get_execution(self, execution_id: str) -> ExecutionState:
         states = await self._load(executions.c.id == execution_id)
@@ -287,6 +303,23 @@ class SqlExecutionStore(ExecutionStore):
         states = await self._load(executions.c.finished_at.is_(None))
         states.sort(key=lambda s: (s.created_at, s.id))
         return [s for s in states if not s.status.is_terminal]
+
+
+_UPDATE_PROGRESS = (
+    update(executions)
+    .where(executions.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("status"),
+        started_at=bindparam("started_at"),
+        finished_at=bindparam("finished_at"),
+        last_sequence=bindparam("last_sequence"),
+    )
+)
+_UPDATE_SNAPSHOT = (
+    update(executions)
+    .where(executions.c.id == bindparam("b_id"))
+    .values(snapshot_sequence=bindparam("snapshot_sequence"), state=bindparam("state"))
+)
 
 
 def _needs_snapshot(events: Sequence[ExecutionEvent]) -> bool:
