@@ -96,8 +96,12 @@ class RunningService:
     http: httpx.AsyncClient
     metrics_server: WSGIServer
     background: list[asyncio.Task[None]]
+    stopped: bool = False
 
     async def stop(self, grace_seconds: float) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         # Health first, so load balancers stop sending before the server stops accepting.
         await self.health.enter_graceful_shutdown()
         self.use_cases.broadcaster.close()

@@ -6,6 +6,7 @@ streaming methods alike.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
@@ -64,6 +65,9 @@ def _rewrap(
     for attribute, make, wrap in kinds:
         behavior = getattr(handler, attribute)
         if behavior is not None:
+            if not inspect.isasyncgenfunction(behavior):
+                # Streaming servicers may also be coroutines that call context.write().
+                wrap = unary
             return make(
                 wrap(behavior, method),
                 request_deserializer=handler.request_deserializer,

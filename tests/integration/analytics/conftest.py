@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -66,18 +67,34 @@ def clock() -> ManualClock:
     return ManualClock(T0 + timedelta(hours=1))
 
 
-@pytest.fixture
-async def service(database_url: str, clock: ManualClock) -> AsyncIterator[RunningService]:
-    running = await start(service_settings(database_url), clock=clock)
+@asynccontextmanager
+async def running_service(
+    database_url: str, clock: ManualClock, **overrides: Any
+) -> AsyncIterator[RunningService]:
+    running = await start(service_settings(database_url, **overrides), clock=clock)
     try:
         yield running
     finally:
         await running.stop(0.5)
 
 
+@asynccontextmanager
+async def connected(
+    running: RunningService,
+) -> AsyncIterator[analytics_pb2_grpc.AnalyticsServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield analytics_pb2_grpc.AnalyticsServiceStub(channel)
+
+
+@pytest.fixture
+async def service(database_url: str, clock: ManualClock) -> AsyncIterator[RunningService]:
+    async with running_service(database_url, clock) as running:
+        yield running
+
+
 @pytest.fixture
 async def stub(
     service: RunningService,
 ) -> AsyncIterator[analytics_pb2_grpc.AnalyticsServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-        yield analytics_pb2_grpc.AnalyticsServiceStub(channel)
+    async with connected(service) as connection:
+        yield connection
