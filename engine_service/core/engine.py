@@ -7,12 +7,14 @@ Transport calls these methods; each execution that is not finished has one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import jsonschema
@@ -21,7 +23,14 @@ from engine_service.core.actions import ActionContext, ActionError, ActionRegist
 from engine_service.core.bus import EventBus
 from engine_service.core.clock import Clock, SystemClock
 from engine_service.core.definitions import DefinitionLimits, parse_definition
-from engine_service.core.errors import IllegalTransition, InvalidArgument, NotFound, Problem
+from engine_service.core.errors import (
+    ConcurrentModification,
+    IllegalTransition,
+    InvalidArgument,
+    LeaseLost,
+    NotFound,
+    Problem,
+)
 from engine_service.core.model import WorkflowDefinition
 from engine_service.core.runner import ExecutionRunner
 from engine_service.core.state import (
@@ -34,7 +43,7 @@ from engine_service.core.state import (
     blank,
     replay,
 )
-from engine_service.core.store import ExecutionQuery, ExecutionStore, Page, WorkflowQuery
+from engine_service.core.store import ExecutionQuery, ExecutionStore, Lease, Page, WorkflowQuery
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +105,9 @@ class Engine:
         self.rng = rng or random.Random()
         self.bus = bus or EventBus()
         self.step_slots = asyncio.Semaphore(self.config.max_concurrent_steps)
+        # Set by a LeaseKeeper: new executions are then leased to this process from birth.
+        self.lease_owner = ""
+        self.lease_seconds = 30.0
         self._runners: dict[str, ExecutionRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._listeners: list[Listener] = []
@@ -118,6 +130,43 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def driven_executions(self) -> list[str]:
+        """Ids of the executions this process drives now."""
+        return list(self._runners)
+
+    async def adopt(self, state: ExecutionState) -> bool:
+        """Drive `state` (claimed by this process) unless already driving it."""
+        if state.id in self._runners or state.status.is_terminal:
+            return False
+        definition = await self.store.get_workflow(
+            state.tenant, state.workflow_id, state.workflow_version
+        )
+        self._spawn(definition, state)
+        return True
+
+    async def abandon(self, execution_id: str) -> None:
+        """Stop driving an execution, committing nothing: another process took it over."""
+        task = self._tasks.get(execution_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def publish_remote(self, execution_id: str, first: int, last: int) -> None:
+        """Events another process committed: hand them to this process's watchers."""
+        if execution_id in self._runners or not self.bus.is_watched(execution_id):
+            return
+        events = await self.store.read_events(execution_id, first - 1, limit=last - first + 1)
+        self.bus.publish(events)
+        if any(e.execution_status is not None and e.execution_status.is_terminal for e in events):
+            self.bus.close_execution(execution_id)
+
+    def _new_lease(self) -> Lease | None:
+        if not self.lease_owner:
+            return None
+        expires = self.clock.now() + timedelta(seconds=self.lease_seconds)
+        return Lease(self.lease_owner, expires)
 
     def add_listener(self, listener: Listener) -> None:
         """Called after every commit with the new state and its events."""
@@ -161,7 +210,7 @@ class Engine:
         inputs = dict(inputs or {})
         _check_inputs(inputs, definition.input_schema)
         state, event = self._new_execution(definition, inputs, idempotency_key, parent, schedule_id)
-        stored, created = await self.store.create_execution(state, [event])
+        stored, created = await self.store.create_execution(state, [event], lease=self._new_lease())
         if created:
             self.committed(stored, [event])
             self._spawn(definition, stored)
@@ -273,7 +322,7 @@ class Engine:
     def _cancel_children(self, parent_id: str) -> None:
         for runner in list(self._runners.values()):
             if runner.state.parent_execution_id == parent_id:
-                runner.request_cancel("the parent execution ended")
+                _cancel_quietly(runner, "the parent execution ended")
 
     # ---- internals -------------------------------------------------------------------
 
@@ -290,6 +339,8 @@ class Engine:
             await runner.run()
         except asyncio.CancelledError:
             raise
+        except (LeaseLost, ConcurrentModification) as exc:
+            log.warning("stopped driving execution %s: %s", execution_id, exc)
         except Exception:
             log.exception("runner of execution %s stopped unexpectedly", execution_id)
         finally:
@@ -329,7 +380,14 @@ class Engine:
                 retryable=False,
             )
         child = await self._start_child(parameters, context, workflow_id, parent.depth + 1)
-        final = await self.wait_for(child.id)
+        try:
+            final = await self.wait_for(child.id)
+        except asyncio.CancelledError:
+            # The parent step was cancelled or timed out: its child must not run on alone.
+            runner = self._runners.get(child.id)
+            if runner is not None:
+                _cancel_quietly(runner, "the parent step was cancelled")
+            raise
         if final.status not in SUCCESSFUL:
             raise ActionError(
                 f"child execution {child.id} ended {final.status}",
@@ -355,6 +413,12 @@ class Engine:
         except InvalidArgument as exc:
             raise ActionError(str(exc), error_type="InvalidInputs", retryable=False) from exc
         return child
+
+
+def _cancel_quietly(runner: ExecutionRunner, reason: str) -> None:
+    """Cancel unless the run is already ending some other way."""
+    with contextlib.suppress(IllegalTransition):
+        runner.request_cancel(reason)
 
 
 def _with_all_steps(state: ExecutionState, definition: WorkflowDefinition) -> ExecutionState:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 
 from engine_service.core import references
-from engine_service.core.actions import ActionContext, ActionError
+from engine_service.core.actions import ActionContext, ActionError, UnknownAction
 from engine_service.core.conditions import evaluate_condition
 from engine_service.core.errors import ConditionError, IllegalTransition
 from engine_service.core.model import FailurePolicy, StepDefinition, WorkflowDefinition
@@ -83,6 +83,10 @@ class ExecutionRunner:
         self._lock = asyncio.Lock()
         self._cancel_reason: str | None = None
         self._failure: tuple[str, Failure] | None = None
+        # The terminal status being committed: from then on no command changes the outcome.
+        self._ending: ExecutionStatus | None = None
+        # An unexpected error in a step task: the runner stops, as if the process had died.
+        self._crash: BaseException | None = None
         self.finished = asyncio.Event()
         if state.status is not ES.PAUSED:
             self._running_gate.set()
@@ -94,12 +98,20 @@ class ExecutionRunner:
     # ---- commands (called by the engine) -------------------------------------------
 
     def request_cancel(self, reason: str) -> None:
-        self._cancel_reason = reason or "cancelled"
+        """The run will end CANCELLED; IllegalTransition once it is ending otherwise.
+
+        Accepting a cancel and deciding another terminal status never interleave (both
+        happen without awaiting), so an accepted cancel always ends CANCELLED.
+        """
+        if self._ending is not None and self._ending is not ES.CANCELLED:
+            raise self._refusal(ES.CANCELLED)
+        if self._cancel_reason is None:
+            self._cancel_reason = reason or "cancelled"
         self._wake()
 
     async def pause(self) -> ExecutionState:
         async with self._lock:
-            if self._state.status is ES.RUNNING and self._cancel_reason is None:
+            if self._state.status is ES.RUNNING and not self._closing:
                 self._running_gate.clear()
                 await self._commit_locked([self._execution_event(ES.PAUSED)])
                 return self._state
@@ -107,7 +119,7 @@ class ExecutionRunner:
 
     async def resume(self, inputs: Mapping[str, Any]) -> ExecutionState:
         async with self._lock:
-            if self._state.status is ES.PAUSED and self._cancel_reason is None:
+            if self._state.status is ES.PAUSED and not self._closing:
                 events = [self._execution_event(ES.RUNNING, inputs=dict(inputs))]
                 events += [
                     self._step_event(step_id, SS.PENDING)
@@ -121,10 +133,22 @@ class ExecutionRunner:
         raise self._refusal(ES.RUNNING)
 
     def _refusal(self, requested: ExecutionStatus) -> IllegalTransition:
-        current = "CANCELLING" if self._cancel_reason is not None else self._state.status
+        current: str = self._ending or self._state.status
+        if self._cancel_reason is not None:
+            current = "CANCELLING"
         return IllegalTransition(
             subject=f"execution {self._state.id}", current=current, requested=requested
         )
+
+    @property
+    def _closing(self) -> bool:
+        """Cancel was requested or a terminal status decided: commands are refused."""
+        return self._cancel_reason is not None or self._ending is not None
+
+    @property
+    def _stopping(self) -> bool:
+        """The run is about to end: no new attempt may start."""
+        return self._closing or self._failure is not None or self._crash is not None
 
     # ---- the main loop ---------------------------------------------------------------
 
@@ -141,15 +165,15 @@ class ExecutionRunner:
         await self._recover_steps()
         deadline = self._deadline()
         while not self._state.status.is_terminal:
+            if self._crash is not None:
+                raise self._crash
             if self._cancel_reason is not None:
-                await self._finish(ES.CANCELLED, Failure("Cancelled", self._cancel_reason))
+                await self._finish(ES.CANCELLED, None)
                 return
             if self._failure is not None:
                 await self._finish_failed(*self._failure)
                 return
-            if self._state.status is ES.RUNNING:
-                await self._start_ready_steps()
-            if self._failure is None and await self._try_complete():
+            if await self._advance():
                 return
             if not await self._wait_for_change(deadline):
                 await self._finish(ES.TIMED_OUT, Failure("WorkflowTimeout", "workflow timed out"))
@@ -177,20 +201,45 @@ class ExecutionRunner:
 
     # ---- deciding what starts ------------------------------------------------------
 
+    async def _advance(self) -> bool:
+        """Start or settle every ready step; True once the run has completed.
+
+        Decisions and their commits happen under the commit lock, so a pause or resume
+        cannot slip between deciding and committing.
+        """
+        async with self._lock:
+            if self._state.status is not ES.RUNNING or self._stopping:
+                return False
+            await self._start_ready_steps()
+            return await self._try_complete()
+
     async def _start_ready_steps(self) -> None:
+        waiting: list[tuple[StepDefinition, _Settle]] = []
         for step in self._definition.steps:
-            if self._state.status is not ES.RUNNING or self._failure is not None:
+            if self._failure is not None:
                 return
-            current = self._state.steps[step.id]
-            if current.status is not SS.PENDING or step.id in self._tasks:
-                continue
-            if not all(self._state.steps[d].is_settled for d in step.depends_on):
+            if not self._is_ready(step):
                 continue
             decision = self._decide(step)
-            if isinstance(decision, _Settle):
+            if isinstance(decision, _Run):
+                # Once a step waits for inputs the run pauses: nothing new starts.
+                if not waiting and self._has_capacity():
+                    self._launch(step, decision)
+            elif decision.status is SS.PAUSED:
+                waiting.append((step, decision))
+            else:
                 await self._settle_without_running(step, decision)
-            elif self._has_capacity():
-                self._launch(step, decision)
+        if waiting:
+            await self._pause_for_inputs(waiting)
+
+    def _is_ready(self, step: StepDefinition) -> bool:
+        current = self._state.steps[step.id]
+        if current.status is not SS.PENDING or step.id in self._tasks:
+            return False
+        # A dependency whose task is alive is still finishing (e.g. running its fallback).
+        return all(
+            self._state.steps[d].is_settled and d not in self._tasks for d in step.depends_on
+        )
 
     def _has_capacity(self) -> bool:
         limit = self._definition.max_concurrent_steps or self._engine.config.max_steps_per_execution
@@ -259,17 +308,24 @@ class ExecutionRunner:
         }
 
     async def _settle_without_running(self, step: StepDefinition, decision: _Settle) -> None:
-        events = [
-            self._step_event(
-                step.id, decision.status, error=decision.error, missing=decision.missing_inputs
-            )
-        ]
-        if decision.status is SS.PAUSED and self._state.status is ES.RUNNING:
-            self._running_gate.clear()
-            events.append(self._execution_event(ES.PAUSED))
-        await self._commit(events)
+        """SKIPPED or FAILED before running; the caller holds the commit lock."""
+        await self._commit_locked(
+            [self._step_event(step.id, decision.status, error=decision.error)]
+        )
         if decision.status is SS.FAILED:
             self._after_final_failure(step.id)
+
+    async def _pause_for_inputs(self, waiting: Sequence[tuple[StepDefinition, _Settle]]) -> None:
+        """Pause the steps and the run; the run's event names every missing input."""
+        events = [
+            self._step_event(step.id, SS.PAUSED, missing=decision.missing_inputs)
+            for step, decision in waiting
+        ]
+        missing = {name for _, decision in waiting for name in decision.missing_inputs}
+        missing.update(self._state.missing_inputs)
+        self._running_gate.clear()
+        events.append(self._execution_event(ES.PAUSED, missing=tuple(sorted(missing))))
+        await self._commit_locked(events)
 
     # ---- running a step --------------------------------------------------------------
 
@@ -278,8 +334,10 @@ class ExecutionRunner:
         self._tasks[step.id] = task
         task.add_done_callback(functools.partial(self._step_task_done, step.id))
 
-    def _step_task_done(self, step_id: str, _task: asyncio.Task[None]) -> None:
+    def _step_task_done(self, step_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(step_id, None)
+        if not task.cancelled() and task.exception() is not None and self._crash is None:
+            self._crash = task.exception()
         self._wake()
 
     async def _drive_step(self, step: StepDefinition, run: _Run) -> None:
@@ -290,7 +348,7 @@ class ExecutionRunner:
         while True:
             attempt += 1
             outcome = await self._attempt(step, run, attempt)
-            if outcome.status is SS.COMPLETED:
+            if outcome is None or outcome.status is SS.COMPLETED:
                 return
             retry = outcome.retryable and attempt < step.retry.max_attempts
             if not retry:
@@ -298,16 +356,33 @@ class ExecutionRunner:
             delay = backoff_delay(step.retry, attempt, self._engine.rng)
             await self._commit_retrying(step, attempt, outcome, delay)
             await asyncio.sleep(delay)
-            await self._running_gate.wait()
         await self._finish_attempts(step, attempt, outcome)
 
-    async def _attempt(self, step: StepDefinition, run: _Run, attempt: int) -> _Outcome:
-        async with self._engine.step_slots:
-            await self._commit([self._step_event(step.id, SS.RUNNING, attempt=attempt)])
-            outcome = await self._invoke(step, step.action, run, attempt, step.output_schema)
-            if outcome.status is SS.COMPLETED:
-                await self._commit([self._finished_event(step, attempt, outcome)])
-            return outcome
+    async def _attempt(self, step: StepDefinition, run: _Run, attempt: int) -> _Outcome | None:
+        """Run one attempt once the run lets steps start; None if the run is ending.
+
+        While the run is paused the attempt waits without holding an engine slot.
+        """
+        while True:
+            await self._running_gate.wait()
+            async with self._engine.step_slots:
+                if await self._start_attempt(step, attempt):
+                    outcome = await self._invoke(
+                        step, step.action, run, attempt, step.output_schema
+                    )
+                    if outcome.status is SS.COMPLETED:
+                        await self._commit([self._finished_event(step, attempt, outcome)])
+                    return outcome
+            if self._stopping:
+                return None
+
+    async def _start_attempt(self, step: StepDefinition, attempt: int) -> bool:
+        """Commit RUNNING if the run is RUNNING and not ending, atomically with the check."""
+        async with self._lock:
+            if self._state.status is not ES.RUNNING or self._stopping:
+                return False
+            await self._commit_locked([self._step_event(step.id, SS.RUNNING, attempt=attempt)])
+            return True
 
     async def _invoke(
         self,
@@ -333,14 +408,26 @@ class ExecutionRunner:
                 output = await action(run.parameters, context)
         except TimeoutError:
             failure = Failure("TimeoutError", f"attempt exceeded {step.timeout}s")
-            return _failed(SS.TIMED_OUT, failure, retryable=True, started=started)
+            retryable = is_retryable(step.retry, failure.type, True)
+            return _failed(SS.TIMED_OUT, failure, retryable=retryable, started=started)
+        except UnknownAction as exc:
+            failure = Failure("UnknownAction", str(exc))
+            return _failed(SS.FAILED, failure, retryable=False, started=started)
         except ActionError as exc:
             failure = Failure(exc.error_type, references.redact(str(exc), run.secret_values))
             retryable = is_retryable(step.retry, exc.error_type, exc.retryable)
             return _failed(SS.FAILED, failure, retryable=retryable, started=started)
         except Exception as exc:  # an action's bug is the step's failure, not the engine's
-            log.warning("action %s of step %s raised", action_name, step.id, exc_info=True)
             failure = Failure(type(exc).__name__, references.redact(str(exc), run.secret_values))
+            # A traceback would show the raw message: only when no secret could be in it.
+            log.warning(
+                "action %s of step %s raised %s: %s",
+                action_name,
+                step.id,
+                failure.type,
+                failure.message,
+                exc_info=not run.secret_values,
+            )
             retryable = is_retryable(step.retry, failure.type, True)
             return _failed(SS.FAILED, failure, retryable=retryable, started=started)
         output = references.redact(output, run.secret_values)
@@ -354,7 +441,6 @@ class ExecutionRunner:
         if step.next_attempt_at is not None:
             remaining = (step.next_attempt_at - self._engine.clock.now()).total_seconds()
             await asyncio.sleep(max(0.0, remaining))
-        await self._running_gate.wait()
 
     async def _commit_retrying(
         self, step: StepDefinition, attempt: int, outcome: _Outcome, delay: float
@@ -428,12 +514,14 @@ class ExecutionRunner:
     async def _recover_lost_attempt(
         self, step: StepDefinition, current: StepState, lost: _Outcome
     ) -> None:
-        if current.attempt < step.retry.max_attempts:
-            delay = backoff_delay(step.retry, current.attempt, self._engine.rng)
-            await self._commit_retrying(step, current.attempt, lost, delay)
-            self._launch_recovered(step)
-        else:
-            await self._finish_attempts(step, current.attempt, lost)
+        """The attempt that was running when the engine died runs again, at once.
+
+        It counts as an attempt (the lost one stays FAILED in the history), but the
+        engine's death is not the step's failure, so it never uses up the retry budget:
+        the re-attempt runs even when `max_attempts` was reached.
+        """
+        await self._commit_retrying(step, current.attempt, lost, 0.0)
+        self._launch_recovered(step)
 
     def _launch_recovered(self, step: StepDefinition) -> None:
         decision = self._resolve(step, step.parameters, step.input_schema)
@@ -450,23 +538,30 @@ class ExecutionRunner:
     # ---- ending the execution --------------------------------------------------------
 
     async def _try_complete(self) -> bool:
-        if self._state.status is not ES.RUNNING or self._tasks:
+        """Commit COMPLETED(_WITH_ERRORS) when every step settled; the caller holds the lock."""
+        if self._tasks or self._stopping:
             return False
         if not all(s.is_settled for s in self._state.steps.values()):
             return False
         failed = any(s.status in FAILED_STEP_STATUSES for s in self._state.steps.values())
-        await self._finish(ES.COMPLETED_WITH_ERRORS if failed else ES.COMPLETED, None)
+        self._ending = ES.COMPLETED_WITH_ERRORS if failed else ES.COMPLETED
+        await self._commit_locked([self._execution_event(self._ending)])
+        self._running_gate.set()
         return True
 
     async def _finish_failed(self, step_id: str, error: Failure) -> None:
+        self._ending = ES.FAILED
         await self._stop_unsettled_steps()
         if self._definition.on_failure is FailurePolicy.COMPENSATE:
             await self._compensate()
         await self._finish(ES.FAILED, Failure(error.type, f"step {step_id}: {error.message}"))
 
     async def _finish(self, status: ExecutionStatus, error: Failure | None) -> None:
-        if status is not ES.COMPLETED and status is not ES.COMPLETED_WITH_ERRORS:
-            await self._stop_unsettled_steps()
+        """End the run FAILED, TIMED_OUT or CANCELLED; a cancel accepted before wins."""
+        if self._cancel_reason is not None and self._ending is None:
+            status, error = ES.CANCELLED, Failure("Cancelled", self._cancel_reason)
+        self._ending = status
+        await self._stop_unsettled_steps()
         await self._commit([self._execution_event(status, error=error)])
         self._running_gate.set()
 
@@ -550,13 +645,16 @@ class ExecutionRunner:
         *,
         error: Failure | None = None,
         inputs: Mapping[str, Any] | None = None,
+        missing: tuple[str, ...] | None = None,
     ) -> ExecutionEvent:
+        if status is ES.PAUSED and missing is None:
+            missing = self._state.missing_inputs
         event = replace(
             self._base_event(EventKind.EXECUTION_STATUS_CHANGED),
             execution_status=status,
             error=error,
             inputs=inputs,
-            missing_inputs=self._state.missing_inputs if status is ES.PAUSED else (),
+            missing_inputs=missing or (),
         )
         if status.is_terminal:
             started = self._state.started_at or event.timestamp
