@@ -8,9 +8,11 @@ import signal
 
 from engine_service.core.bus import EventBus
 from engine_service.core.engine import Engine
+from engine_service.core.leases import LeaseKeeper, LeaseSettings
 from engine_service.metrics import EngineMetrics, MetricsEndpoint
 from engine_service.settings import EngineSettings
-from engine_service.storage import open_store
+from engine_service.storage import is_single_process, open_store
+from engine_service.storage.notify import EventListener
 from engine_service.transport.server import build_server
 
 log = logging.getLogger("engine_service")
@@ -26,8 +28,9 @@ def main() -> None:
 
 async def serve(settings: EngineSettings) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    database_url = settings.database_url.get_secret_value()
     store = await open_store(
-        settings.database_url.get_secret_value(), migrate=settings.migrate_on_start
+        database_url, migrate=settings.migrate_on_start, owner=settings.instance_id
     )
     metrics = EngineMetrics()
     endpoint = MetricsEndpoint(metrics.registry)
@@ -39,7 +42,24 @@ async def serve(settings: EngineSettings) -> None:
         )
         metrics.bind(engine)
         server = build_server(engine, metrics, settings)
-        continued = await engine.start()
+        keeper = LeaseKeeper(
+            engine,
+            LeaseSettings(
+                owner=settings.instance_id,
+                duration=settings.lease_seconds,
+                interval=settings.lease_interval_seconds,
+                take_over_on_start=is_single_process(database_url),
+            ),
+            on_claim=metrics.lease_claims.inc,
+        )
+        listener = (
+            None
+            if is_single_process(database_url)
+            else EventListener(database_url, engine.publish_remote)
+        )
+        if listener is not None:
+            await listener.start()
+        continued = await keeper.start()
         await server.start()
         host = settings.address.rsplit(":", 1)[0]
         log.info("engine listening on %s:%d", host, server.port)
@@ -49,7 +69,10 @@ async def serve(settings: EngineSettings) -> None:
             log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
         await _until_stopped()
         log.info("stopping (grace period %.1fs)", settings.grace_period_seconds)
+        await keeper.stop()  # claim nothing more while stopping
         await server.stop(settings.grace_period_seconds)
+        if listener is not None:
+            await listener.stop()
     finally:
         endpoint.stop()
         await store.close()

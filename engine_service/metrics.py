@@ -94,7 +94,7 @@ class EngineMetrics:
         r = self.registry
         self.lease_claims = Counter(
             "stepstream_engine_lease_claims_total",
-            "Execution leases claimed from other replicas (always 0: leases are not built yet).",
+            "Executions claimed because their lease had expired (their replica died or stalled).",
             registry=r,
         )
         self.outbox_backlog = Gauge(

@@ -5,14 +5,22 @@ Every field is listed in README.md under "Configuration"; a test keeps the two i
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine_service.core.engine import EngineConfig
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.stepstream/engine.db"
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class EngineSettings(BaseSettings):
@@ -86,6 +94,28 @@ class EngineSettings(BaseSettings):
     watch_batch_events: int = Field(
         default=500, ge=1, description="Most events sent in one EventBatch of a watch stream."
     )
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate chain the gRPC port presents; with tls_key_file it "
+        "turns TLS on (the metrics port stays plain HTTP).",
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: when set, clients must present a certificate it "
+        "signed (mTLS). Needs tls_cert_file.",
+    )
+    auth_tokens: SecretStr = Field(
+        default=SecretStr(""),
+        description='Bearer tokens and the tenants each may use, as JSON: {"<token>": '
+        '["tenant-a", "tenant-b"], "<admin token>": ["*"]}. With neither this nor '
+        "auth_tokens_file, auth is off and every caller may use every tenant.",
+    )
+    auth_tokens_file: Path | None = Field(
+        default=None,
+        description="A file holding the auth_tokens JSON (e.g. a mounted Kubernetes "
+        "Secret), read once at start; not together with auth_tokens.",
+    )
     analytics_target: str = Field(
         default="",
         validation_alias="STEPSTREAM_ANALYTICS_TARGET",
@@ -95,6 +125,38 @@ class EngineSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Logging threshold."
     )
+    instance_id: str = Field(
+        default_factory=_default_instance_id,
+        description="This process's name in execution leases; unique per replica "
+        "(default: host name, process id and a random suffix).",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long an execution lease lasts unrenewed: how long executions of "
+        "a replica that died wait before another replica takes them over.",
+    )
+    lease_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often leases are renewed and expired ones claimed.",
+    )
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> EngineSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        if self.auth_tokens.get_secret_value().strip() and self.auth_tokens_file is not None:
+            raise ValueError("set auth_tokens or auth_tokens_file, not both")
+        return self
+
+    def auth_tokens_json(self) -> str:
+        """The configured tokens' JSON ('' when auth is off); secret: never log it."""
+        if self.auth_tokens_file is not None:
+            return self.auth_tokens_file.read_text(encoding="utf-8")
+        return self.auth_tokens.get_secret_value()
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(

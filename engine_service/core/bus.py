@@ -81,6 +81,10 @@ class EventBus:
         for subscription in self._by_execution.pop(execution_id, set()):
             self._close(subscription)
 
+    def is_watched(self, execution_id: str) -> bool:
+        """Whether any subscriber would receive events of `execution_id`."""
+        return bool(self._global) or execution_id in self._by_execution
+
     @property
     def subscriber_count(self) -> int:
         return len(self._global) + sum(len(s) for s in self._by_execution.values())

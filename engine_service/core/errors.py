@@ -85,3 +85,20 @@ class ExpressionError(EngineError):
 
 class ConditionError(ExpressionError):
     """A `when` or connection condition could not be evaluated to a bool."""
+
+
+class LeaseLost(EngineError):
+    """Another engine process holds the execution now: this one must stop driving it."""
+
+    def __init__(self, *, execution_id: str, owner: str) -> None:
+        self.execution_id = execution_id
+        self.owner = owner
+        super().__init__(f"execution {execution_id!r} is leased to {owner!r}")
+
+
+class PermissionDenied(EngineError):
+    """The caller named a tenant its credentials do not cover."""
+
+    def __init__(self, *, tenant: str) -> None:
+        self.tenant = tenant
+        super().__init__(f"the caller's token does not cover tenant {tenant!r}")

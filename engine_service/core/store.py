@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from engine_service.core.errors import ConcurrentModification, InvalidArgument, NotFound, Problem
 from engine_service.core.model import WorkflowDefinition
+from engine_service.core.schedules import Schedule, ScheduleQuery
 from engine_service.core.state import ExecutionEvent, ExecutionState, ExecutionStatus
 
 T = TypeVar("T")
@@ -49,6 +50,14 @@ class WorkflowQuery:
     all_versions: bool = False
     page_size: int = DEFAULT_PAGE_SIZE
     page_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An engine process's claim to drive an execution until `expires_at`."""
+
+    owner: str
+    expires_at: datetime
 
 
 def encode_page_token(offset: int) -> str:
@@ -92,12 +101,17 @@ class ExecutionStore(abc.ABC):
 
     @abc.abstractmethod
     async def create_execution(
-        self, state: ExecutionState, events: Sequence[ExecutionEvent]
+        self,
+        state: ExecutionState,
+        events: Sequence[ExecutionEvent],
+        *,
+        lease: Lease | None = None,
     ) -> tuple[ExecutionState, bool]:
         """Insert a new execution with its first events.
 
         When `state.idempotency_key` is set and the tenant already has an execution with
-        that key, nothing is written and that execution is returned with False.
+        that key, nothing is written and that execution is returned with False. With a
+        `lease`, the creator holds the execution from the start: no one else claims it.
         """
 
     @abc.abstractmethod
@@ -126,8 +140,83 @@ class ExecutionStore(abc.ABC):
     async def unfinished_executions(self) -> list[ExecutionState]:
         """Executions not in a terminal status, oldest first: what a restart continues."""
 
+    @abc.abstractmethod
+    async def claim_executions(
+        self, lease: Lease, *, now: datetime, limit: int, take_over: bool = False
+    ) -> list[ExecutionState]:
+        """Lease up to `limit` unfinished executions whose lease expired, oldest first.
+
+        Executions leased to `lease.owner` already are not returned. With `take_over`,
+        every unfinished execution is claimed whatever its lease (a single-process
+        engine restarting). Concurrent claimers never get the same execution.
+        """
+
+    @abc.abstractmethod
+    async def renew_leases(self, lease: Lease, execution_ids: Sequence[str]) -> set[str]:
+        """Extend the owner's leases; returns the ids it still holds."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release connections; the in-memory store has none."""
+
+    # ---- schedules -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_schedule(self, schedule: Schedule) -> Schedule: ...
+
+    @abc.abstractmethod
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        """NotFound if there is none."""
+
+    @abc.abstractmethod
+    async def list_schedules(self, query: ScheduleQuery) -> Page[Schedule]:
+        """Oldest first."""
+
+    @abc.abstractmethod
+    async def update_schedule(self, schedule: Schedule, *, reschedule: bool) -> Schedule:
+        """Store the schedule's settings; its `next_run_at` too when `reschedule`.
+
+        Without `reschedule` the stored `next_run_at` stays, so an update never undoes a
+        run the scheduler advanced meanwhile. NotFound if the schedule is gone.
+        """
+
+    @abc.abstractmethod
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """NotFound if there is none."""
+
+    @abc.abstractmethod
+    async def due_schedules(self, now: datetime, limit: int) -> list[Schedule]:
+        """Unpaused schedules due at `now` that no live claim holds, earliest first."""
+
+    @abc.abstractmethod
+    async def claim_schedule_run(
+        self, schedule_id: str, due: datetime, *, owner: str, now: datetime, until: datetime
+    ) -> bool:
+        """Hold the run of `schedule_id` due at `due` for `owner` until `until`.
+
+        True for exactly one of any number of concurrent claimers; False once the
+        schedule moved past `due`, was paused, or while another claim is live.
+        """
+
+    @abc.abstractmethod
+    async def finish_schedule_run(
+        self,
+        schedule_id: str,
+        due: datetime,
+        *,
+        owner: str,
+        next_run_at: datetime,
+        ran_at: datetime | None,
+        execution_id: str = "",
+    ) -> bool:
+        """Release `owner`'s claim, move the schedule from `due` to `next_run_at` (unless
+        an update moved it meanwhile) and record the run if one started (`ran_at`).
+
+        False if the claim had been lost, in which case nothing changes.
+        """
+
+    @abc.abstractmethod
+    async def unfinished_executions_of_schedule(self, schedule_id: str) -> list[ExecutionState]:
+        """Executions a schedule started that are not in a terminal status."""
 
 
 class InMemoryStore(ExecutionStore):
@@ -138,6 +227,9 @@ class InMemoryStore(ExecutionStore):
         self._executions: dict[str, ExecutionState] = {}
         self._events: dict[str, list[ExecutionEvent]] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
+        self._leases: dict[str, Lease] = {}
+        self._schedules: dict[str, Schedule] = {}
+        self._schedule_claims: dict[str, Lease] = {}
         self._lock = asyncio.Lock()
 
     async def add_workflow(self, definition: WorkflowDefinition) -> WorkflowDefinition:
@@ -168,7 +260,11 @@ class InMemoryStore(ExecutionStore):
         return _page(found, query.page_size, query.page_token)
 
     async def create_execution(
-        self, state: ExecutionState, events: Sequence[ExecutionEvent]
+        self,
+        state: ExecutionState,
+        events: Sequence[ExecutionEvent],
+        *,
+        lease: Lease | None = None,
     ) -> tuple[ExecutionState, bool]:
         async with self._lock:
             key = (state.tenant, state.idempotency_key)
@@ -176,6 +272,8 @@ class InMemoryStore(ExecutionStore):
                 return self._executions[self._idempotency[key]], False
             self._executions[state.id] = state
             self._events[state.id] = list(events)
+            if lease is not None:
+                self._leases[state.id] = lease
             if state.idempotency_key:
                 self._idempotency[key] = state.id
             return state, True
@@ -214,6 +312,128 @@ class InMemoryStore(ExecutionStore):
     async def unfinished_executions(self) -> list[ExecutionState]:
         unfinished = [s for s in self._executions.values() if not s.status.is_terminal]
         return sorted(unfinished, key=lambda s: (s.created_at, s.id))
+
+    async def claim_executions(
+        self, lease: Lease, *, now: datetime, limit: int, take_over: bool = False
+    ) -> list[ExecutionState]:
+        async with self._lock:
+            claimed: list[ExecutionState] = []
+            for state in await self.unfinished_executions():
+                held = self._leases.get(state.id)
+                free = held is None or held.expires_at < now or take_over
+                if len(claimed) < limit and free and (held is None or held.owner != lease.owner):
+                    self._leases[state.id] = lease
+                    claimed.append(state)
+            return claimed
+
+    async def renew_leases(self, lease: Lease, execution_ids: Sequence[str]) -> set[str]:
+        async with self._lock:
+            held = {
+                execution_id
+                for execution_id in execution_ids
+                if (current := self._leases.get(execution_id)) and current.owner == lease.owner
+            }
+            for execution_id in held:
+                self._leases[execution_id] = lease
+            return held
+
+    async def add_schedule(self, schedule: Schedule) -> Schedule:
+        async with self._lock:
+            self._schedules[schedule.id] = schedule
+            return schedule
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        try:
+            return self._schedules[schedule_id]
+        except KeyError:
+            raise NotFound(kind="schedule", key=schedule_id) from None
+
+    async def list_schedules(self, query: ScheduleQuery) -> Page[Schedule]:
+        matching = [
+            s
+            for s in self._schedules.values()
+            if (query.tenant is None or s.tenant == query.tenant)
+            and (not query.workflow_id or s.workflow_id == query.workflow_id)
+        ]
+        matching.sort(key=lambda s: (s.created_at, s.id))
+        return _page(matching, query.page_size, query.page_token)
+
+    async def update_schedule(self, schedule: Schedule, *, reschedule: bool) -> Schedule:
+        async with self._lock:
+            stored = await self.get_schedule(schedule.id)
+            if not reschedule:
+                schedule = replace(schedule, next_run_at=stored.next_run_at)
+            schedule = replace(
+                schedule,
+                last_run_at=stored.last_run_at,
+                last_execution_id=stored.last_execution_id,
+            )
+            self._schedules[schedule.id] = schedule
+            return schedule
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        async with self._lock:
+            await self.get_schedule(schedule_id)
+            del self._schedules[schedule_id]
+            self._schedule_claims.pop(schedule_id, None)
+
+    async def due_schedules(self, now: datetime, limit: int) -> list[Schedule]:
+        due = [
+            s
+            for s in self._schedules.values()
+            if not s.paused
+            and s.next_run_at is not None
+            and s.next_run_at <= now
+            and not self._schedule_claimed(s.id, now)
+        ]
+        due.sort(key=lambda s: (s.next_run_at, s.id))
+        return due[:limit]
+
+    def _schedule_claimed(self, schedule_id: str, now: datetime) -> bool:
+        claim = self._schedule_claims.get(schedule_id)
+        return claim is not None and claim.expires_at > now
+
+    async def claim_schedule_run(
+        self, schedule_id: str, due: datetime, *, owner: str, now: datetime, until: datetime
+    ) -> bool:
+        async with self._lock:
+            schedule = self._schedules.get(schedule_id)
+            if schedule is None or schedule.paused or schedule.next_run_at != due:
+                return False
+            if self._schedule_claimed(schedule_id, now):
+                return False
+            self._schedule_claims[schedule_id] = Lease(owner, until)
+            return True
+
+    async def finish_schedule_run(
+        self,
+        schedule_id: str,
+        due: datetime,
+        *,
+        owner: str,
+        next_run_at: datetime,
+        ran_at: datetime | None,
+        execution_id: str = "",
+    ) -> bool:
+        async with self._lock:
+            claim = self._schedule_claims.get(schedule_id)
+            schedule = self._schedules.get(schedule_id)
+            if claim is None or claim.owner != owner or schedule is None:
+                return False
+            del self._schedule_claims[schedule_id]
+            if schedule.next_run_at == due:
+                schedule = replace(schedule, next_run_at=next_run_at)
+            if ran_at is not None:
+                schedule = replace(schedule, last_run_at=ran_at, last_execution_id=execution_id)
+            self._schedules[schedule_id] = schedule
+            return True
+
+    async def unfinished_executions_of_schedule(self, schedule_id: str) -> list[ExecutionState]:
+        return [
+            s
+            for s in await self.unfinished_executions()
+            if schedule_id and s.schedule_id == schedule_id
+        ]
 
 
 def _has_labels(definition: WorkflowDefinition, labels: Mapping[str, str]) -> bool:

@@ -10,7 +10,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Table, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -124,3 +136,41 @@ idempotency_keys: Table = IdempotencyKeyRow.__table__  # type: ignore[assignment
 step_attempts: Table = StepAttemptRow.__table__  # type: ignore[assignment]
 execution_events: Table = ExecutionEventRow.__table__  # type: ignore[assignment]
 leases: Table = LeaseRow.__table__  # type: ignore[assignment]
+
+
+class ScheduleRow(Base):
+    """A cron schedule; `claimed_by`/`claim_expires_at` hold the run an engine is starting."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(ID_LENGTH))
+    workflow_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    workflow_version: Mapped[int] = mapped_column(Integer)
+    cron: Mapped[str] = mapped_column(String(256))
+    time_zone: Mapped[str] = mapped_column(String(64))
+    inputs: Mapped[dict[str, Any]] = mapped_column(Json)
+    overlap_policy: Mapped[str] = mapped_column(String(32))
+    missed_run_policy: Mapped[str] = mapped_column(String(32))
+    paused: Mapped[bool] = mapped_column(Boolean)
+    next_run_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    last_execution_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    claimed_by: Mapped[str] = mapped_column(String(ID_LENGTH))
+    claim_expires_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+    __table_args__ = (
+        Index("ix_schedules_tenant_created", "tenant", "created_at"),
+        Index("ix_schedules_next_run", "next_run_at"),
+    )
+
+
+schedules: Table = ScheduleRow.__table__  # type: ignore[assignment]
+# The overlap policies look up a schedule's unfinished executions.
+Index(
+    "ix_executions_schedule",
+    executions.c.schedule_id,
+    postgresql_where=text("schedule_id <> ''"),
+    sqlite_where=text("schedule_id <> ''"),
+)

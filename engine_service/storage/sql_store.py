@@ -7,23 +7,24 @@ see `GroupCommitter`), so throughput is not bound by one fsync per state change.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, func, insert, select, update
+from sqlalchemy import Select, and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine_service.core.definitions import DefinitionLimits, parse_definition
-from engine_service.core.errors import ConcurrentModification, NotFound
+from engine_service.core.errors import ConcurrentModification, LeaseLost, NotFound
 from engine_service.core.model import WorkflowDefinition
 from engine_service.core.state import EventKind, ExecutionEvent, ExecutionState, StepStatus, replay
 from engine_service.core.store import (
     ExecutionQuery,
     ExecutionStore,
+    Lease,
     Page,
     WorkflowQuery,
     decode_page_token,
@@ -43,6 +44,7 @@ from engine_service.storage.models import (
     execution_events,
     executions,
     idempotency_keys,
+    leases,
     step_attempts,
     workflow_definitions,
 )
@@ -61,8 +63,19 @@ SNAPSHOT_EVERY = 64
 
 
 class SqlExecutionStore(ExecutionStore):
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        owner: str = "",
+        max_batch: int = 512,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        """`owner` names this engine process; appends to executions leased to another
+        owner are refused (fencing), so a process that lost a lease cannot write."""
         self._engine = engine
+        self._owner = owner
+        self._on_close = on_close
         self._committer: GroupCommitter[Append] = GroupCommitter(
             engine, self._write_appends, max_batch=max_batch
         )
@@ -79,6 +92,9 @@ class SqlExecutionStore(ExecutionStore):
     async def close(self) -> None:
         await self._committer.close()
         await self._engine.dispose()
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
 
     # ---- workflows -----------------------------------------------------------------
 
@@ -168,7 +184,11 @@ class SqlExecutionStore(ExecutionStore):
     # ---- executions ----------------------------------------------------------------
 
     async def create_execution(
-        self, state: ExecutionState, events: Sequence[ExecutionEvent]
+        self,
+        state: ExecutionState,
+        events: Sequence[ExecutionEvent],
+        *,
+        lease: Lease | None = None,
     ) -> tuple[ExecutionState, bool]:
         try:
             async with self._engine.begin() as connection:
@@ -179,8 +199,15 @@ class SqlExecutionStore(ExecutionStore):
                         )
                     )
                 await connection.execute(insert(executions).values(**execution_columns(state)))
+                if lease is not None:
+                    await connection.execute(
+                        insert(leases).values(
+                            execution_id=state.id, owner=lease.owner, expires_at=lease.expires_at
+                        )
+                    )
                 await _insert_events(connection, events)
                 await _record_attempts(connection, self.dialect, events)
+                await self._notify(connection, [(state, events)])
         except IntegrityError:
             if not state.idempotency_key:
                 raise
@@ -221,6 +248,17 @@ class SqlExecutionStore(ExecutionStore):
         all_events = [event for _, events in batch for event in events]
         await _insert_events(connection, all_events)
         await _record_attempts(connection, self.dialect, all_events)
+        finished = [state.id for state, _ in batch if state.status.is_terminal]
+        if finished:
+            await connection.execute(delete(leases).where(leases.c.execution_id.in_(finished)))
+        await self._notify(connection, batch)
+
+    async def _notify(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
+        """Wake tailing readers in other engine processes (delivered on commit)."""
+        if self.dialect != "postgresql":
+            return
+        payloads = [f"{s.id}:{events[0].sequence}:{events[-1].sequence}" for s, events in batch]
+        await connection.execute(_NOTIFY, {"payloads": payloads})
 
     async def _check_sequences(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
         """Lock the batch's executions and refuse any append from a stale sequence."""
@@ -230,15 +268,76 @@ class SqlExecutionStore(ExecutionStore):
                 expected[state.id] = min(expected[state.id], events[0].sequence - 1)
             else:
                 expected[state.id] = events[0].sequence - 1
-        locked = select(executions.c.id, executions.c.last_sequence).where(
-            executions.c.id.in_(sorted(expected))
+        locked = (
+            select(executions.c.id, executions.c.last_sequence, leases.c.owner)
+            .outerjoin(leases, leases.c.execution_id == executions.c.id)
+            .where(executions.c.id.in_(sorted(expected)))
         )
         if self.dialect == "postgresql":
-            locked = locked.with_for_update()
-        stored = {row.id: row.last_sequence for row in await connection.execute(locked)}
+            locked = locked.with_for_update(of=executions)
+        rows = {row.id: row for row in await connection.execute(locked)}
         for execution_id, sequence in expected.items():
-            if stored.get(execution_id) != sequence:
+            row = rows.get(execution_id)
+            if row is None or row.last_sequence != sequence:
                 raise ConcurrentModification(execution_id=execution_id, expected_sequence=sequence)
+            if self._owner and row.owner is not None and row.owner != self._owner:
+                raise LeaseLost(execution_id=execution_id, owner=row.owner)
+
+    async def claim_executions(
+        self, lease: Lease, *, now: datetime, limit: int, take_over: bool = False
+    ) -> list[ExecutionState]:
+        async with self._engine.begin() as connection:
+            candidates = (
+                select(executions.c.id)
+                .outerjoin(leases, leases.c.execution_id == executions.c.id)
+                .where(executions.c.finished_at.is_(None))
+                .order_by(executions.c.created_at, executions.c.id)
+                .limit(limit)
+            )
+            if not take_over:
+                candidates = candidates.where(
+                    or_(leases.c.execution_id.is_(None), leases.c.expires_at < now),
+                )
+            candidates = candidates.where(
+                or_(leases.c.owner.is_(None), leases.c.owner != lease.owner)
+            )
+            if self.dialect == "postgresql":
+                # Replicas claiming at once skip each other's rows instead of waiting.
+                candidates = candidates.with_for_update(of=executions, skip_locked=True)
+            ids = list(await connection.scalars(candidates))
+            if not ids:
+                return []
+            statement = _upsert(self.dialect)(leases)
+            await connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["execution_id"],
+                    set_={
+                        "owner": statement.excluded.owner,
+                        "expires_at": statement.excluded.expires_at,
+                    },
+                ),
+                [
+                    {"execution_id": i, "owner": lease.owner, "expires_at": lease.expires_at}
+                    for i in ids
+                ],
+            )
+        states = await self._load(executions.c.id.in_(ids))
+        states.sort(key=lambda s: (s.created_at, s.id))
+        return [s for s in states if not s.status.is_terminal]
+
+    async def renew_leases(self, lease: Lease, execution_ids: Sequence[str]) -> set[str]:
+        if not execution_ids:
+            return set()
+        async with self._engine.begin() as connection:
+            renewed = await connection.execute(
+                update(leases)
+                .where(
+                    leases.c.owner == lease.owner, leases.c.execution_id.in_(list(execution_ids))
+                )
+                .values(expires_at=lease.expires_at)
+                .returning(leases.c.execution_id)
+            )
+            return set(renewed.scalars())
 
     async def get_execution(self, execution_id: str) -> ExecutionState:
         states = await self._load(executions.c.id == execution_id)
@@ -320,6 +419,13 @@ _UPDATE_SNAPSHOT = (
     .where(executions.c.id == bindparam("b_id"))
     .values(snapshot_sequence=bindparam("snapshot_sequence"), state=bindparam("state"))
 )
+
+
+_NOTIFY = text(
+    "SELECT pg_notify('stepstream_events', payload) FROM unnest(CAST(:payloads AS text[])) "
+    "AS payload"
+)
+NOTIFY_CHANNEL = "stepstream_events"
 
 
 def _needs_snapshot(events: Sequence[ExecutionEvent]) -> bool:
