@@ -7,15 +7,7 @@ prefix of what is stored.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
-import signal
-import socket
-import sys
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +17,7 @@ from stepstream.v1 import engine_pb2, engine_pb2_grpc, workflow_pb2
 
 from engine_service.core.state import ExecutionStatus, blank, replay
 from engine_service.storage import open_store
+from tests.e2e.engine.processes import GRACE_SECONDS, EngineProcess, launch
 from tests.integration.engine.helpers import (
     bounded,
     chain,
@@ -37,72 +30,12 @@ from tests.integration.engine.helpers import (
 )
 
 pytestmark = pytest.mark.e2e
-GRACE_SECONDS = 4.0
-LISTENING = re.compile(r"engine listening on 127\.0\.0\.1:(\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclass
-class EngineProcess:
-    process: asyncio.subprocess.Process
-    port: int
-    metrics_port: int
-    log: Path
-
-    async def stop(self) -> tuple[int, float]:
-        """SIGTERM; the exit code and how long it took."""
-        began = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        code = await bounded(self.process.wait(), GRACE_SECONDS + 15)
-        return code, time.monotonic() - began
-
-
-async def launch(database: Path, log: Path) -> EngineProcess:
-    metrics_port = free_port()
-    env = {
-        **os.environ,
-        "STEPSTREAM_ENGINE_ADDRESS": "127.0.0.1:0",
-        "STEPSTREAM_ENGINE_METRICS_PORT": str(metrics_port),
-        "STEPSTREAM_ENGINE_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-        "STEPSTREAM_ENGINE_GRACE_PERIOD_SECONDS": str(GRACE_SECONDS),
-    }
-    with log.open("ab") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine_service", env=env, stdout=sink, stderr=sink
-        )
-    port = await bounded(_listening_port(log, process, _size(log)))
-    return EngineProcess(process, port, metrics_port, log)
-
-
-async def _listening_port(log: Path, process: asyncio.subprocess.Process, since: int) -> int:
-    while True:
-        text = _tail(log, since)
-        found = LISTENING.search(text)
-        if found:
-            return int(found.group(1))
-        if process.returncode is not None:
-            raise AssertionError(f"the engine exited {process.returncode}:\n{text}")
-        await asyncio.sleep(0.05)
-
-
-def _size(log: Path) -> int:
-    return log.stat().st_size if log.exists() else 0
-
-
-def _tail(log: Path, since: int) -> str:
-    return log.read_bytes()[since:].decode(errors="replace")
 
 
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[tuple[EngineProcess, Path]]:
     database = tmp_path / "engine.db"
-    engine = await launch(database, tmp_path / "engine.log")
+    engine = await launch(f"sqlite+aiosqlite:///{database}", tmp_path / "engine.log")
     try:
         yield engine, database
     finally:
@@ -127,7 +60,7 @@ async def test_sigterm_mid_run_then_restart_keeps_committed_state(
     assert code == 0, first.log.read_text()
     assert took < GRACE_SECONDS + 5
 
-    second = await launch(database, tmp_path / "engine.log")
+    second = await launch(f"sqlite+aiosqlite:///{database}", tmp_path / "engine.log")
     try:
         async with aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
             stub = engine_pb2_grpc.EngineServiceStub(channel)
