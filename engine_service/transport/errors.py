@@ -22,12 +22,17 @@ from engine_service.core.errors import (
     IllegalTransition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     StorageError,
 )
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "stepstream.dev"
+
+
+class Unauthenticated(Exception):
+    """The call carries no bearer token, a malformed one, or one that is not configured."""
 
 
 class StreamEnded(Exception):
@@ -112,6 +117,18 @@ def aborted(exc: ConcurrentModification) -> grpc.Status:
     return _status(grpc.StatusCode.ABORTED, str(exc), info)
 
 
+def permission_denied(exc: PermissionDenied) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(
+        reason="TENANT_NOT_ALLOWED", domain=ERROR_DOMAIN, metadata={"tenant": exc.tenant}
+    )
+    return _status(grpc.StatusCode.PERMISSION_DENIED, str(exc), info)
+
+
+def unauthenticated(exc: Unauthenticated) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(reason="UNAUTHENTICATED", domain=ERROR_DOMAIN)
+    return _status(grpc.StatusCode.UNAUTHENTICATED, str(exc), info)
+
+
 def stream_ended(exc: StreamEnded) -> grpc.Status:
     metadata = {"execution_id": exc.execution_id} if exc.execution_id else {}
     if exc.last_sequence >= 0:
@@ -143,6 +160,10 @@ def status_for(exc: Exception) -> grpc.Status:
         return invalid_argument(exc)
     if isinstance(exc, NotFound):
         return not_found(exc)
+    if isinstance(exc, PermissionDenied):
+        return permission_denied(exc)
+    if isinstance(exc, Unauthenticated):
+        return unauthenticated(exc)
     if isinstance(exc, IllegalTransition):
         return failed_precondition(exc)
     if isinstance(exc, ConcurrentModification):

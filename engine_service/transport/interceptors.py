@@ -31,7 +31,7 @@ _HANDLER_FACTORIES = {
 }
 
 
-class _GuardingInterceptor(aio.ServerInterceptor, abc.ABC):  # type: ignore[type-arg]
+class GuardingInterceptor(aio.ServerInterceptor, abc.ABC):  # type: ignore[type-arg]
     """Runs each call of each handler inside `self.guard(method, context)`."""
 
     @abc.abstractmethod
@@ -86,7 +86,7 @@ class _GuardingInterceptor(aio.ServerInterceptor, abc.ABC):  # type: ignore[type
         return stream
 
 
-class ErrorInterceptor(_GuardingInterceptor):
+class ErrorInterceptor(GuardingInterceptor):
     """Maps every exception a handler raises to a status with `google.rpc` details."""
 
     @contextlib.asynccontextmanager
@@ -104,7 +104,7 @@ class RequestRecorder(Protocol):
     def observe_request(self, method: str, code: str, seconds: float) -> None: ...
 
 
-class MetricsInterceptor(_GuardingInterceptor):
+class MetricsInterceptor(GuardingInterceptor):
     """Counts requests by method and status code and observes their latency."""
 
     def __init__(self, recorder: RequestRecorder) -> None:

@@ -111,7 +111,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         check.non_negative(request.at_sequence, "at_sequence").done()
         state = await self._engine.get_execution(
             request.execution_id,
-            tenant=self._tenancy.for_lookup(context),
+            tenant=await self._owner(request.execution_id, context),
             at_sequence=request.at_sequence,
         )
         return engine_pb2.GetExecutionResponse(execution=mapping.execution_to_proto(state))
@@ -131,7 +131,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     ) -> engine_pb2.CancelExecutionResponse:
         RequestCheck().required(request.execution_id, "execution_id").done()
         state = await self._engine.cancel_execution(
-            request.execution_id, tenant=self._tenancy.for_lookup(context), reason=request.reason
+            request.execution_id,
+            tenant=await self._owner(request.execution_id, context),
+            reason=request.reason,
         )
         return engine_pb2.CancelExecutionResponse(execution=mapping.execution_to_proto(state))
 
@@ -140,7 +142,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     ) -> engine_pb2.PauseExecutionResponse:
         RequestCheck().required(request.execution_id, "execution_id").done()
         state = await self._engine.pause_execution(
-            request.execution_id, tenant=self._tenancy.for_lookup(context)
+            request.execution_id, tenant=await self._owner(request.execution_id, context)
         )
         return engine_pb2.PauseExecutionResponse(execution=mapping.execution_to_proto(state))
 
@@ -150,10 +152,26 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         RequestCheck().required(request.execution_id, "execution_id").done()
         state = await self._engine.resume_execution(
             request.execution_id,
-            tenant=self._tenancy.for_lookup(context),
+            tenant=await self._owner(request.execution_id, context),
             inputs=mapping.struct_to_dict(request.inputs),
         )
         return engine_pb2.ResumeExecutionResponse(execution=mapping.execution_to_proto(state))
+
+    async def _owner(self, execution_id: str, context: Context) -> str | None:
+        """The tenant the engine checks a call by execution id against; None: no check.
+
+        An execution of a tenant the caller may not use is NOT_FOUND, worded as for an id
+        that does not exist.
+        """
+        allowed = self._tenancy.caller_tenants(context)
+        if allowed is None:
+            return None
+        if len(allowed) == 1:
+            (only,) = allowed
+            return only  # the engine hides every other tenant's executions
+        state = await self._engine.get_execution(execution_id)
+        self._tenancy.require_visible(context, state.tenant, kind="execution", key=execution_id)
+        return state.tenant
 
     # ---- streams ---------------------------------------------------------------------
 
@@ -162,8 +180,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     ) -> AsyncIterator[engine_pb2.WatchExecutionResponse]:
         check = RequestCheck().required(request.execution_id, "execution_id")
         check.non_negative(request.after_sequence, "after_sequence").done()
+        tenant = await self._owner(request.execution_id, context)
         events = self._streams.watch_execution(
-            request.execution_id, request.after_sequence, tenant=self._tenancy.for_lookup(context)
+            request.execution_id, request.after_sequence, tenant=tenant
         )
         async for batch in events:
             yield engine_pb2.WatchExecutionResponse(batch=_batch(batch))
