@@ -1,8 +1,11 @@
-"""Per-minute rollups of facts: the deltas one batch adds, computed before one upsert.
+"""Rollups of facts per minute and per hour: the deltas one batch adds, before one upsert.
 
-A rollup row is keyed by (tenant, workflow, step, minute); the execution level uses the
-step id "". Every field merges by addition, minimum or maximum, so the rows do not depend
-on the order or the batching in which facts arrive.
+A rollup row is keyed by (tenant, workflow, step, resolution, minute); the execution level
+uses the step id "". Minute rows (resolution 1) serve minute series and the ragged edges of
+a range; hour rows (resolution 60, keyed by the hour's first minute) serve the whole hours
+inside it, so a query over a day reads 24 rows per step instead of 1440. Every field merges
+by addition, minimum or maximum, so the rows do not depend on the order or the batching in
+which facts arrive.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from analytics_service.core.histogram import bucket_index
 
 EXECUTION_LEVEL = ""
 SECONDS_PER_MINUTE = 60
+MINUTE_RESOLUTION = 1
+HOUR_RESOLUTION = 60
 UNKNOWN_ERROR_TYPE = "unknown"
 
 
@@ -36,6 +41,11 @@ class RollupKey:
     workflow_id: str
     step_id: str
     minute: int
+    resolution: int = MINUTE_RESOLUTION
+
+    def coarsened(self, resolution: int) -> RollupKey:
+        start = self.minute // resolution * resolution
+        return RollupKey(self.tenant, self.workflow_id, self.step_id, start, resolution)
 
 
 @dataclass(frozen=True)
@@ -146,7 +156,7 @@ def execution_key(fact: ExecutionFact) -> RollupKey:
 
 
 def rollup_deltas(facts: Facts) -> RollupDeltas:
-    """The additions that `facts` (all of them new) make to the rollups."""
+    """The additions that `facts` (all of them new) make to the minute and hour rollups."""
     counts: dict[RollupKey, RollupCounts] = {}
     errors: dict[tuple[RollupKey, str], int] = {}
     histogram: dict[tuple[RollupKey, int], int] = {}
@@ -154,14 +164,17 @@ def rollup_deltas(facts: Facts) -> RollupDeltas:
         *((step_key(f), step_counts(f), f.duration_seconds) for f in facts.steps),
         *((execution_key(f), execution_counts(f), f.duration_seconds) for f in facts.executions),
     ]
-    for key, delta, duration in entries:
-        counts[key] = counts[key].merge(delta) if key in counts else delta
-        bucket = (key, bucket_index(duration))
-        histogram[bucket] = histogram.get(bucket, 0) + 1
+    for minute_key, delta, duration in entries:
+        bucket = bucket_index(duration)
+        for key in (minute_key, minute_key.coarsened(HOUR_RESOLUTION)):
+            counts[key] = counts[key].merge(delta) if key in counts else delta
+            histogram[key, bucket] = histogram.get((key, bucket), 0) + 1
     for fact in facts.steps:
         if fact.status in _FAILURE_STATUSES:
-            error = (step_key(fact), fact.error_type or UNKNOWN_ERROR_TYPE)
-            errors[error] = errors.get(error, 0) + 1
+            minute_key = step_key(fact)
+            error_type = fact.error_type or UNKNOWN_ERROR_TYPE
+            for key in (minute_key, minute_key.coarsened(HOUR_RESOLUTION)):
+                errors[key, error_type] = errors.get((key, error_type), 0) + 1
     return RollupDeltas(counts=counts, errors=errors, histogram=histogram)
 
 

@@ -88,13 +88,15 @@ execution_facts = Table(
     Index("ix_execution_facts_tenant_finished", "tenant", "finished_at"),
 )
 
-# Rollups are keyed by minutes since the epoch; step_id "" is the execution level.
+# Rollups are keyed by minutes since the epoch, at a resolution of 1 (minute rows) or 60
+# (hour rows keyed by the hour's first minute); step_id "" is the execution level.
 rollups = Table(
     "rollups",
     metadata,
     Column("tenant", String(ID), primary_key=True),
     Column("workflow_id", String(NAME), primary_key=True),
     Column("step_id", String(NAME), primary_key=True),
+    Column("resolution", Integer, primary_key=True),
     Column("minute", BigInteger, primary_key=True),
     Column("action", String(NAME), nullable=False, server_default=""),
     _counter("total"),
@@ -118,6 +120,7 @@ rollup_errors = Table(
     Column("tenant", String(ID), primary_key=True),
     Column("workflow_id", String(NAME), primary_key=True),
     Column("step_id", String(NAME), primary_key=True),
+    Column("resolution", Integer, primary_key=True),
     Column("minute", BigInteger, primary_key=True),
     Column("error_type", String(NAME), primary_key=True),
     _counter("count"),
@@ -130,6 +133,7 @@ rollup_histograms = Table(
     Column("tenant", String(ID), primary_key=True),
     Column("workflow_id", String(NAME), primary_key=True),
     Column("step_id", String(NAME), primary_key=True),
+    Column("resolution", Integer, primary_key=True),
     Column("minute", BigInteger, primary_key=True),
     Column("bucket", Integer, primary_key=True),
     _counter("count"),

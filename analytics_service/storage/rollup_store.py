@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, func, literal, select
+from sqlalchemy import ColumnElement, Table, and_, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from analytics_service.core.histogram import Histogram
 from analytics_service.core.ports import GroupKey, Level, MinuteRange, RollupQuery
 from analytics_service.core.rollups import (
     EXECUTION_LEVEL,
+    HOUR_RESOLUTION,
+    MINUTE_RESOLUTION,
     IngestLag,
     RollupCounts,
     RollupDeltas,
@@ -48,8 +50,19 @@ def _key_columns(key: RollupKey) -> dict[str, Any]:
         "tenant": key.tenant,
         "workflow_id": key.workflow_id,
         "step_id": key.step_id,
+        "resolution": key.resolution,
         "minute": key.minute,
     }
+
+
+def _order(key: RollupKey) -> tuple[str, str, str, int, int]:
+    """Rows are written in key order so that concurrent batches cannot deadlock."""
+    return (key.tenant, key.workflow_id, key.step_id, key.resolution, key.minute)
+
+
+def _order_pair(item: tuple[tuple[RollupKey, Any], int]) -> tuple[Any, ...]:
+    (key, detail), _ = item
+    return (*_order(key), detail)
 
 
 def _rollup_row(key: RollupKey, counts: RollupCounts) -> dict[str, Any]:
@@ -62,11 +75,7 @@ def _rollup_row(key: RollupKey, counts: RollupCounts) -> dict[str, Any]:
 
 
 def _selection(table: Table, query: RollupQuery) -> list[ColumnElement[bool]]:
-    conditions = [
-        table.c.tenant == query.tenant,
-        table.c.minute >= query.minutes.start,
-        table.c.minute < query.minutes.end,
-    ]
+    conditions = [table.c.tenant == query.tenant, _coverage(table, query)]
     if query.workflow_id is not None:
         conditions.append(table.c.workflow_id == query.workflow_id)
     if query.level is Level.EXECUTION:
@@ -76,6 +85,28 @@ def _selection(table: Table, query: RollupQuery) -> list[ColumnElement[bool]]:
     else:
         conditions.append(table.c.step_id != EXECUTION_LEVEL)
     return conditions
+
+
+def _rows_of(table: Table, resolution: int, start: int, end: int) -> ColumnElement[bool]:
+    return and_(table.c.resolution == resolution, table.c.minute >= start, table.c.minute < end)
+
+
+def _coverage(table: Table, query: RollupQuery) -> ColumnElement[bool]:
+    """Hour rows for the whole hours of the range, minute rows for its edges.
+
+    Minute series read minute rows only: an hour row would land in one minute's bucket.
+    """
+    start, end = query.minutes.start, query.minutes.end
+    first_hour = -(-start // HOUR_RESOLUTION) * HOUR_RESOLUTION
+    last_hour = end // HOUR_RESOLUTION * HOUR_RESOLUTION
+    by_minute = query.bucket_minutes and query.bucket_minutes % HOUR_RESOLUTION
+    if by_minute or first_hour >= last_hour:
+        return _rows_of(table, MINUTE_RESOLUTION, start, end)
+    return or_(
+        _rows_of(table, HOUR_RESOLUTION, first_hour, last_hour),
+        _rows_of(table, MINUTE_RESOLUTION, start, first_hour),
+        _rows_of(table, MINUTE_RESOLUTION, last_hour, end),
+    )
 
 
 def _groups(table: Table, query: RollupQuery) -> list[ColumnElement[Any]]:
@@ -120,16 +151,16 @@ class SqlRollupStore:
         self._session = session
 
     async def apply(self, deltas: RollupDeltas) -> None:
-        counts = [_rollup_row(key, deltas.counts[key]) for key in sorted(deltas.counts)]
+        counts = [_rollup_row(key, deltas.counts[key]) for key in sorted(deltas.counts, key=_order)]
         await upsert(self._session, rollups, counts, _ROLLUP_MERGES)
         errors = [
             {**_key_columns(key), "error_type": error_type, "count": count}
-            for (key, error_type), count in sorted(deltas.errors.items())
+            for (key, error_type), count in sorted(deltas.errors.items(), key=_order_pair)
         ]
         await upsert(self._session, rollup_errors, errors, _COUNT_MERGE)
         buckets = [
             {**_key_columns(key), "bucket": bucket, "count": count}
-            for (key, bucket), count in sorted(deltas.histogram.items())
+            for (key, bucket), count in sorted(deltas.histogram.items(), key=_order_pair)
         ]
         await upsert(self._session, rollup_histograms, buckets, _COUNT_MERGE)
 

@@ -238,3 +238,19 @@ async def test_unknown_export_status_is_invalid(loaded: Stub) -> None:
         async for _ in loaded.ExportCsv(analytics_pb2.ExportCsvRequest(statuses=["exploded"])):
             pass
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_ranges_off_the_hour_combine_hour_and_minute_rollups(loaded: Stub) -> None:
+    def request(start_minutes: int, end_minutes: int) -> analytics_pb2.GetWorkflowMetricsRequest:
+        window = time_range(
+            T0 + timedelta(minutes=start_minutes), T0 + timedelta(minutes=end_minutes)
+        )
+        return analytics_pb2.GetWorkflowMetricsRequest(workflow_id="orders", range=window)
+
+    wide = (await loaded.GetWorkflowMetrics(request(-90, 150))).metrics
+    hour = (await loaded.GetWorkflowMetrics(request(0, 60))).metrics
+    assert wide == hour
+    # Minutes 3..6 only: an edge-only range must not pick up the hour row.
+    edge = (await loaded.GetWorkflowMetrics(request(3, 7))).metrics
+    assert edge.executions == 4
+    assert seconds(edge.duration.average) == pytest.approx(statistics.fmean([13, 14, 15, 16]))

@@ -17,6 +17,8 @@ from analytics_service.core.events import (
 from analytics_service.core.histogram import bucket_index
 from analytics_service.core.rollups import (
     EXECUTION_LEVEL,
+    HOUR_RESOLUTION,
+    MINUTE_RESOLUTION,
     RollupCounts,
     RollupDeltas,
     RollupKey,
@@ -89,3 +91,17 @@ def test_any_batching_and_order_merges_to_the_same_rollups(
 
 def test_a_repeated_event_counts_once() -> None:
     assert unique_by_id(EVENTS + EVENTS[:3]) == EVENTS
+
+
+def test_hour_rows_are_the_sum_of_their_minute_rows() -> None:
+    deltas = rollup_deltas(derive_facts(EVENTS))
+    minutes = [c for k, c in deltas.counts.items() if k.resolution == MINUTE_RESOLUTION]
+    hours = [c for k, c in deltas.counts.items() if k.resolution == HOUR_RESOLUTION]
+    total = RollupCounts()
+    for counts in minutes:
+        total = total.merge(counts)
+    hour_total = RollupCounts()
+    for counts in hours:
+        hour_total = hour_total.merge(counts)
+    assert hour_total == total
+    assert all(k.minute % 60 == 0 for k in deltas.counts if k.resolution == HOUR_RESOLUTION)

@@ -112,26 +112,33 @@ def upgrade() -> None:
         sa.Column("tenant", sa.String(length=128), nullable=False),
         sa.Column("workflow_id", sa.String(length=256), nullable=False),
         sa.Column("step_id", sa.String(length=256), nullable=False),
+        sa.Column("resolution", sa.Integer(), nullable=False),
         sa.Column("minute", sa.BigInteger(), nullable=False),
         sa.Column("error_type", sa.String(length=256), nullable=False),
         sa.Column("count", sa.BigInteger(), server_default="0", nullable=False),
-        sa.PrimaryKeyConstraint("tenant", "workflow_id", "step_id", "minute", "error_type"),
+        sa.PrimaryKeyConstraint(
+            "tenant", "workflow_id", "step_id", "resolution", "minute", "error_type"
+        ),
     )
     op.create_table(
         "rollup_histograms",
         sa.Column("tenant", sa.String(length=128), nullable=False),
         sa.Column("workflow_id", sa.String(length=256), nullable=False),
         sa.Column("step_id", sa.String(length=256), nullable=False),
+        sa.Column("resolution", sa.Integer(), nullable=False),
         sa.Column("minute", sa.BigInteger(), nullable=False),
         sa.Column("bucket", sa.Integer(), nullable=False),
         sa.Column("count", sa.BigInteger(), server_default="0", nullable=False),
-        sa.PrimaryKeyConstraint("tenant", "workflow_id", "step_id", "minute", "bucket"),
+        sa.PrimaryKeyConstraint(
+            "tenant", "workflow_id", "step_id", "resolution", "minute", "bucket"
+        ),
     )
     op.create_table(
         "rollups",
         sa.Column("tenant", sa.String(length=128), nullable=False),
         sa.Column("workflow_id", sa.String(length=256), nullable=False),
         sa.Column("step_id", sa.String(length=256), nullable=False),
+        sa.Column("resolution", sa.Integer(), nullable=False),
         sa.Column("minute", sa.BigInteger(), nullable=False),
         sa.Column("action", sa.String(length=256), server_default="", nullable=False),
         sa.Column("total", sa.BigInteger(), server_default="0", nullable=False),
@@ -147,7 +154,7 @@ def upgrade() -> None:
         sa.Column("duration_max", sa.Double(), nullable=False),
         sa.Column("time_saved_sum", sa.Double(), server_default="0", nullable=False),
         sa.Column("business_value_sum", sa.Double(), server_default="0", nullable=False),
-        sa.PrimaryKeyConstraint("tenant", "workflow_id", "step_id", "minute"),
+        sa.PrimaryKeyConstraint("tenant", "workflow_id", "step_id", "resolution", "minute"),
     )
     op.create_table(
         "step_facts",
