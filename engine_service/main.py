@@ -10,9 +10,11 @@ from engine_service.core.bus import EventBus
 from engine_service.core.engine import Engine
 from engine_service.core.leases import LeaseKeeper, LeaseSettings
 from engine_service.metrics import EngineMetrics, MetricsEndpoint
+from engine_service.relay import OutboxRelay, RelaySettings
 from engine_service.settings import EngineSettings
 from engine_service.storage import is_single_process, open_store
 from engine_service.storage.notify import EventListener
+from engine_service.storage.outbox import Outbox
 from engine_service.transport.server import build_server
 
 log = logging.getLogger("engine_service")
@@ -59,6 +61,18 @@ async def serve(settings: EngineSettings) -> None:
         )
         if listener is not None:
             await listener.start()
+        relay = (
+            OutboxRelay(
+                Outbox(store.engine),
+                RelaySettings(target=settings.analytics_target),
+                on_backlog=metrics.outbox_backlog.set,
+            )
+            if settings.analytics_target
+            else None
+        )
+        if relay is not None:
+            await relay.start()
+            log.info("relaying events to analytics at %s", settings.analytics_target)
         continued = await keeper.start()
         await server.start()
         host = settings.address.rsplit(":", 1)[0]
@@ -73,6 +87,8 @@ async def serve(settings: EngineSettings) -> None:
         await server.stop(settings.grace_period_seconds)
         if listener is not None:
             await listener.stop()
+        if relay is not None:
+            await relay.stop()
     finally:
         endpoint.stop()
         await store.close()

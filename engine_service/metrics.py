@@ -99,8 +99,7 @@ class EngineMetrics:
         )
         self.outbox_backlog = Gauge(
             "stepstream_engine_outbox_backlog_events",
-            "Committed events not yet shipped to analytics (always 0: the outbox relay "
-            "is not built yet).",
+            "Committed events not yet acknowledged by the analytics service.",
             registry=r,
         )
         self.grpc_requests = Counter(

@@ -119,8 +119,8 @@ class EngineSettings(BaseSettings):
     analytics_target: str = Field(
         default="",
         validation_alias="STEPSTREAM_ANALYTICS_TARGET",
-        description="host:port of the analytics service that receives events (read from "
-        "STEPSTREAM_ANALYTICS_TARGET; unused until the outbox relay is built).",
+        description="host:port of the analytics service the outbox relay ships events to "
+        "(read from STEPSTREAM_ANALYTICS_TARGET); empty: events stay in the outbox.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Logging threshold."

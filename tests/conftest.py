@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -67,6 +67,22 @@ def postgres_database() -> Iterator[str]:
     try:
         yield _with_database(admin_postgres_url(), name)
     finally:
+        _run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def make_postgres_database() -> Iterator[Callable[[], str]]:
+    """Makes as many fresh databases as a test needs (asyncpg-style URLs); drops them after."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"stepstream_test_{uuid.uuid4().hex[:12]}"
+        _run_admin(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return _with_database(admin_postgres_url(), name)
+
+    yield make
+    for name in made:
         _run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

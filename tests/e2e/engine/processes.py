@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,21 +54,30 @@ class EngineProcess:
             await self.kill()
 
 
-async def launch(database_url: str, log: Path, **settings: str) -> EngineProcess:
-    """Starts an engine on `database_url`; `settings` are STEPSTREAM_ENGINE_* overrides."""
+async def launch(
+    database_url: str,
+    log: Path,
+    settings: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> EngineProcess:
+    """Starts an engine on `database_url`.
+
+    `settings` are STEPSTREAM_ENGINE_* overrides by field name; `env` other variables.
+    """
     metrics_port = free_port()
-    env = {
+    environment = {
         **os.environ,
+        **(env or {}),
         "STEPSTREAM_ENGINE_ADDRESS": "127.0.0.1:0",
         "STEPSTREAM_ENGINE_METRICS_PORT": str(metrics_port),
         "STEPSTREAM_ENGINE_DATABASE_URL": database_url,
         "STEPSTREAM_ENGINE_GRACE_PERIOD_SECONDS": str(GRACE_SECONDS),
-        **{f"STEPSTREAM_ENGINE_{name.upper()}": value for name, value in settings.items()},
+        **{f"STEPSTREAM_ENGINE_{k.upper()}": v for k, v in (settings or {}).items()},
     }
     since = _size(log)
     with log.open("ab") as sink:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine_service", env=env, stdout=sink, stderr=sink
+            sys.executable, "-m", "engine_service", env=environment, stdout=sink, stderr=sink
         )
     port = await bounded(_listening_port(log, process, since))
     return EngineProcess(process, port, metrics_port, log)

@@ -123,7 +123,7 @@ async def test_kill_9_mid_run_then_restart_completes_every_execution(
     database_url: str, tmp_path: Path, processes: list[EngineProcess]
 ) -> None:
     log = tmp_path / "engine.log"
-    first = await launch(database_url, log, instance_id="first", **FAST_LEASES)
+    first = await launch(database_url, log, {**FAST_LEASES, "instance_id": "first"})
     processes.append(first)
     async with aio.insecure_channel(first.target) as channel:
         await register(engine_pb2_grpc.EngineServiceStub(channel), definition(diamond()))
@@ -131,7 +131,7 @@ async def test_kill_9_mid_run_then_restart_completes_every_execution(
     await wait_until_some_steps_completed(first.target, ids)
     await first.kill()
 
-    second = await launch(database_url, log, instance_id="second", **FAST_LEASES)
+    second = await launch(database_url, log, {**FAST_LEASES, "instance_id": "second"})
     processes.append(second)
     await wait_until_all_ended(second.target, ids)
     code, _ = await second.stop()  # SQLite admits one process: the check reads after it
@@ -159,8 +159,8 @@ async def test_two_replicas_share_work_and_watchers_on_either_see_everything(
     postgres_url: str, tmp_path: Path, processes: list[EngineProcess]
 ) -> None:
     log = tmp_path / "engine.log"
-    one = await launch(postgres_url, log, instance_id="one", **FAST_LEASES)
-    two = await launch(postgres_url, log, instance_id="two", **FAST_LEASES)
+    one = await launch(postgres_url, log, {**FAST_LEASES, "instance_id": "one"})
+    two = await launch(postgres_url, log, {**FAST_LEASES, "instance_id": "two"})
     processes += [one, two]
     async with aio.insecure_channel(one.target) as channel:
         await register(engine_pb2_grpc.EngineServiceStub(channel), definition(diamond()))
@@ -193,8 +193,8 @@ async def test_when_a_replica_dies_the_other_takes_over_its_executions(
     postgres_url: str, tmp_path: Path, processes: list[EngineProcess]
 ) -> None:
     log = tmp_path / "engine.log"
-    doomed = await launch(postgres_url, log, instance_id="doomed", **FAST_LEASES)
-    survivor = await launch(postgres_url, log, instance_id="survivor", **FAST_LEASES)
+    doomed = await launch(postgres_url, log, {**FAST_LEASES, "instance_id": "doomed"})
+    survivor = await launch(postgres_url, log, {**FAST_LEASES, "instance_id": "survivor"})
     processes += [doomed, survivor]
     async with aio.insecure_channel(doomed.target) as channel:
         await register(engine_pb2_grpc.EngineServiceStub(channel), definition(diamond()))
@@ -222,8 +222,8 @@ async def test_a_second_engine_on_one_sqlite_file_is_refused_with_the_reason(
     sqlite_url: str, tmp_path: Path, processes: list[EngineProcess]
 ) -> None:
     log = tmp_path / "engine.log"
-    processes.append(await launch(sqlite_url, log, instance_id="only"))
+    processes.append(await launch(sqlite_url, log, {"instance_id": "only"}))
     with pytest.raises(AssertionError, match="the engine exited") as refused:
-        await launch(sqlite_url, tmp_path / "second.log", instance_id="second")
+        await launch(sqlite_url, tmp_path / "second.log", {"instance_id": "second"})
     assert "SQLite supports one engine process" in str(refused.value)
     assert "Postgres" in str(refused.value)
