@@ -48,6 +48,7 @@ from engine_service.storage.models import (
     step_attempts,
     workflow_definitions,
 )
+from engine_service.storage.schedule_store import SqlScheduleStore
 
 # Stored definitions passed validation when registered; loading them must not fail
 # because a limit was lowered since.
@@ -62,7 +63,7 @@ Append = tuple[ExecutionState, Sequence[ExecutionEvent]]
 SNAPSHOT_EVERY = 64
 
 
-class SqlExecutionStore(ExecutionStore):
+class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
     def __init__(
         self,
         engine: AsyncEngine,

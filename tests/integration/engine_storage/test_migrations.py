@@ -23,6 +23,7 @@ TABLES = {
     "step_attempts",
     "execution_events",
     "leases",
+    "schedules",
 }
 
 
