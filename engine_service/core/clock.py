@@ -22,14 +22,15 @@ class SystemClock:
 
 
 class LoopClock:
-    """Timestamps from the running loop's time, counted from a fixed origin."""
+    """Timestamps from the running loop's time: `origin` plus `loop.time()` seconds.
+
+    Every LoopClock on one loop agrees, so an engine started after another (a restart in
+    tests) reads the deadlines and next-attempt times the first one stored. Under looptime
+    the loop's time starts at 0, so timestamps start at `origin`.
+    """
 
     def __init__(self, origin: datetime = datetime(2026, 1, 1, tzinfo=UTC)) -> None:
         self._origin = origin
-        self._loop_start: float | None = None
 
     def now(self) -> datetime:
-        loop_time = asyncio.get_running_loop().time()
-        if self._loop_start is None:
-            self._loop_start = loop_time
-        return self._origin + timedelta(seconds=loop_time - self._loop_start)
+        return self._origin + timedelta(seconds=asyncio.get_running_loop().time())

@@ -332,20 +332,26 @@ class Engine:
         self._runners[state.id] = runner
         task = asyncio.create_task(self._drive(runner), name=f"execution:{state.id}")
         self._tasks[state.id] = task
+        # A done callback, not a `finally`: a task cancelled before it ever ran (stop()
+        # right after a start) never executes its body, yet must be forgotten too.
+        task.add_done_callback(lambda _task: self._forget(runner, task))
+
+    def _forget(self, runner: ExecutionRunner, task: asyncio.Task[None]) -> None:
+        execution_id = runner.state.id
+        if self._runners.get(execution_id) is runner:
+            del self._runners[execution_id]
+        if self._tasks.get(execution_id) is task:
+            del self._tasks[execution_id]
+        runner.finished.set()
 
     async def _drive(self, runner: ExecutionRunner) -> None:
         execution_id = runner.state.id
         try:
             await runner.run()
-        except asyncio.CancelledError:
-            raise
         except (LeaseLost, ConcurrentModification) as exc:
             log.warning("stopped driving execution %s: %s", execution_id, exc)
         except Exception:
             log.exception("runner of execution %s stopped unexpectedly", execution_id)
-        finally:
-            self._runners.pop(execution_id, None)
-            self._tasks.pop(execution_id, None)
 
     async def _visible(self, execution_id: str, tenant: str | None) -> ExecutionState:
         state = await self.store.get_execution(execution_id)
