@@ -190,23 +190,24 @@ def apply(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
             current=f"sequence {state.last_sequence}",
             requested=f"sequence {event.sequence}",
         )
+    # Each kind yields the fields it changes: one copy of the state per event.
     if event.kind is EventKind.EXECUTION_STATUS_CHANGED:
-        state = _apply_execution_status(state, event)
+        changes = _apply_execution_status(state, event)
     elif event.kind is EventKind.STEP_STATUS_CHANGED:
-        state = _apply_step_status(state, event)
+        changes = _apply_step_status(state, event)
     elif event.kind is EventKind.STEP_FALLBACK_FINISHED:
-        state = _apply_fallback(state, event)
+        changes = _apply_fallback(state, event)
     else:
-        state = _apply_compensation(state, event)
-    return replace(state, last_sequence=event.sequence)
+        changes = _apply_compensation(state, event)
+    return replace(state, last_sequence=event.sequence, **changes)
 
 
-def _apply_execution_status(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
+def _apply_execution_status(state: ExecutionState, event: ExecutionEvent) -> dict[str, Any]:
     target = _required(event.execution_status, "execution_status")
     if event.sequence == 1:
         if target is not ES.PENDING:
             raise IllegalTransition(subject="execution", current="(new)", requested=target)
-        return replace(state, inputs=dict(event.inputs or {}))
+        return {"inputs": dict(event.inputs or {})}
     if target not in EXECUTION_TRANSITIONS.get(state.status, frozenset()):
         raise IllegalTransition(
             subject=f"execution {state.id}", current=state.status, requested=target
@@ -219,10 +220,10 @@ def _apply_execution_status(state: ExecutionState, event: ExecutionEvent) -> Exe
     if target.is_terminal:
         changes["finished_at"] = event.timestamp
         changes["error"] = event.error
-    return replace(state, **changes)
+    return changes
 
 
-def _apply_step_status(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
+def _apply_step_status(state: ExecutionState, event: ExecutionEvent) -> dict[str, Any]:
     target = _required(event.step_status, "step_status")
     current = state.steps.get(event.step_id, StepState(event.step_id))
     if target not in STEP_TRANSITIONS.get(current.status, frozenset()):
@@ -233,7 +234,7 @@ def _apply_step_status(state: ExecutionState, event: ExecutionEvent) -> Executio
     order = state.completion_order
     if target is SS.COMPLETED:
         order = (*order, event.step_id)
-    return replace(state, steps={**state.steps, event.step_id: step}, completion_order=order)
+    return {"steps": {**state.steps, event.step_id: step}, "completion_order": order}
 
 
 def _next_step_state(current: StepState, target: StepStatus, event: ExecutionEvent) -> StepState:
@@ -266,7 +267,7 @@ def _next_step_state(current: StepState, target: StepStatus, event: ExecutionEve
     )
 
 
-def _apply_fallback(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
+def _apply_fallback(state: ExecutionState, event: ExecutionEvent) -> dict[str, Any]:
     target = _required(event.step_status, "step_status")
     current = state.steps[event.step_id]
     if current.fallback_used or target not in FALLBACK_TRANSITIONS.get(current.status, frozenset()):
@@ -284,10 +285,10 @@ def _apply_fallback(state: ExecutionState, event: ExecutionEvent) -> ExecutionSt
     order = state.completion_order
     if target is SS.COMPLETED:
         order = (*order, event.step_id)
-    return replace(state, steps={**state.steps, event.step_id: step}, completion_order=order)
+    return {"steps": {**state.steps, event.step_id: step}, "completion_order": order}
 
 
-def _apply_compensation(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
+def _apply_compensation(state: ExecutionState, event: ExecutionEvent) -> dict[str, Any]:
     current = state.steps[event.step_id]
     if current.status is not SS.COMPLETED or current.compensated:
         raise IllegalTransition(
@@ -299,7 +300,7 @@ def _apply_compensation(state: ExecutionState, event: ExecutionEvent) -> Executi
     compensated = state.compensated_steps
     if step.compensated:
         compensated = (*compensated, event.step_id)
-    return replace(state, steps={**state.steps, event.step_id: step}, compensated_steps=compensated)
+    return {"steps": {**state.steps, event.step_id: step}, "compensated_steps": compensated}
 
 
 def _required(value: Any, name: str) -> Any:
