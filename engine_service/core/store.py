@@ -1,7 +1,7 @@
 """The storage port the engine runs against, and its in-memory implementation.
 
 The SQL store in `engine_service.storage` implements the same port and passes the same
-test suite (tests/unit/engine/store_contract.py).
+test suite (tests/integration/engine_storage/test_store_contract.py).
 """
 
 from __future__ import annotations
