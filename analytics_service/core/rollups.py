@@ -10,6 +10,7 @@ which facts arrive.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -155,27 +156,92 @@ def execution_key(fact: ExecutionFact) -> RollupKey:
     return RollupKey(fact.tenant, fact.workflow_id, EXECUTION_LEVEL, minute_of(fact.finished_at))
 
 
+_ADDED = (
+    "total",
+    "completed",
+    "completed_with_errors",
+    "failed",
+    "timed_out",
+    "skipped",
+    "cancelled",
+    "retries",
+    "duration_sum",
+    "time_saved_sum",
+    "business_value_sum",
+)
+
+
+class _Sums:
+    """A mutable running sum for one key while a batch is folded; frozen at the end.
+
+    Folding into plain lists instead of merging frozen values keeps a batch of thousands
+    of facts from allocating thousands of intermediate RollupCounts.
+    """
+
+    __slots__ = ("action", "added", "high", "low")
+
+    def __init__(self, first: RollupCounts) -> None:
+        self.added = [getattr(first, name) for name in _ADDED]
+        self.low, self.high, self.action = first.duration_min, first.duration_max, first.action
+
+    def add(self, delta: RollupCounts) -> None:
+        added = self.added
+        for index, name in enumerate(_ADDED):
+            added[index] += getattr(delta, name)
+        self.low = _lowest(self.low, delta.duration_min)
+        self.high = _highest(self.high, delta.duration_max)
+        self.action = max(self.action, delta.action)
+
+    @property
+    def counts(self) -> RollupCounts:
+        return RollupCounts(
+            **dict(zip(_ADDED, self.added, strict=True)),
+            duration_min=self.low,
+            duration_max=self.high,
+            action=self.action,
+        )
+
+
+def _fold(entries: Iterable[tuple[RollupKey, RollupCounts]]) -> dict[RollupKey, RollupCounts]:
+    """Merge the deltas of equal keys, in Python's dict order, with one merge per repeat."""
+    sums: dict[RollupKey, _Sums] = {}
+    for key, delta in entries:
+        existing = sums.get(key)
+        if existing is None:
+            sums[key] = _Sums(delta)
+        else:
+            existing.add(delta)
+    return {key: total.counts for key, total in sums.items()}
+
+
 def rollup_deltas(facts: Facts) -> RollupDeltas:
     """The additions that `facts` (all of them new) make to the minute and hour rollups."""
-    counts: dict[RollupKey, RollupCounts] = {}
-    errors: dict[tuple[RollupKey, str], int] = {}
-    histogram: dict[tuple[RollupKey, int], int] = {}
-    entries: Iterable[tuple[RollupKey, RollupCounts, float]] = [
-        *((step_key(f), step_counts(f), f.duration_seconds) for f in facts.steps),
-        *((execution_key(f), execution_counts(f), f.duration_seconds) for f in facts.executions),
+    minute_deltas = _fold(
+        [
+            *((step_key(f), step_counts(f)) for f in facts.steps),
+            *((execution_key(f), execution_counts(f)) for f in facts.executions),
+        ]
+    )
+    # Hours are folded from the minute sums, not from every fact again.
+    counts = dict(minute_deltas)
+    counts.update(_fold((k.coarsened(HOUR_RESOLUTION), c) for k, c in minute_deltas.items()))
+    histogram: Counter[tuple[RollupKey, int]] = Counter()
+    durations = [
+        *((step_key(f), f.duration_seconds) for f in facts.steps),
+        *((execution_key(f), f.duration_seconds) for f in facts.executions),
     ]
-    for minute_key, delta, duration in entries:
-        bucket = bucket_index(duration)
-        for key in (minute_key, minute_key.coarsened(HOUR_RESOLUTION)):
-            counts[key] = counts[key].merge(delta) if key in counts else delta
-            histogram[key, bucket] = histogram.get((key, bucket), 0) + 1
-    for fact in facts.steps:
-        if fact.status in _FAILURE_STATUSES:
-            minute_key = step_key(fact)
-            error_type = fact.error_type or UNKNOWN_ERROR_TYPE
-            for key in (minute_key, minute_key.coarsened(HOUR_RESOLUTION)):
-                errors[key, error_type] = errors.get((key, error_type), 0) + 1
-    return RollupDeltas(counts=counts, errors=errors, histogram=histogram)
+    minute_buckets = Counter((key, bucket_index(seconds)) for key, seconds in durations)
+    histogram.update(minute_buckets)
+    for (key, bucket), count in minute_buckets.items():
+        histogram[key.coarsened(HOUR_RESOLUTION), bucket] += count
+    errors: Counter[tuple[RollupKey, str]] = Counter(
+        (step_key(f), f.error_type or UNKNOWN_ERROR_TYPE)
+        for f in facts.steps
+        if f.status in _FAILURE_STATUSES
+    )
+    for (key, error_type), count in list(errors.items()):
+        errors[key.coarsened(HOUR_RESOLUTION), error_type] += count
+    return RollupDeltas(counts=counts, errors=dict(errors), histogram=dict(histogram))
 
 
 _FAILURE_STATUSES = frozenset({StepStatus.FAILED, StepStatus.TIMED_OUT})

@@ -68,6 +68,8 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
                 scope.require(event.tenant)
             result = await self._ingest(events)
             totals.accepted += result.accepted
+            # Events older than the fact retention are ignored like known ones: the contract
+            # has no third count, and resending them can never change anything.
             totals.duplicates += result.duplicates + result.expired
             totals.batches += 1
             index += 1
