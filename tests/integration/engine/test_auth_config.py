@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from stepstream.v1 import engine_pb2, engine_pb2_grpc
 from engine_service.settings import EngineSettings
 from engine_service.transport.auth import Grant, TokenTable, bearer_token
 from engine_service.transport.errors import Unauthenticated
+from engine_service.transport.tenancy import Tenancy
 from tests.integration.engine.helpers import rpc_error
 from tests.integration.engine.servers import serving
 
@@ -134,3 +136,10 @@ async def test_the_start_up_log_says_whether_auth_is_on_and_never_shows_a_token(
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
     assert "bearer-token auth on: 1 tokens configured" in caplog.text
     assert SECRET not in caplog.text
+
+
+def test_a_call_that_reached_a_handler_without_a_grant_fails_closed() -> None:
+    context: Any = None  # unused: the grant lives in the call's context variable
+    assert Tenancy().caller_tenants(context) is None, "auth off: every tenant"
+    with pytest.raises(Unauthenticated):
+        Tenancy(authenticated=True).caller_tenants(context)
