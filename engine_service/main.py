@@ -9,6 +9,7 @@ import signal
 from engine_service.core.bus import EventBus
 from engine_service.core.engine import Engine
 from engine_service.core.leases import LeaseKeeper, LeaseSettings
+from engine_service.core.scheduler import Scheduler
 from engine_service.metrics import EngineMetrics, MetricsEndpoint
 from engine_service.relay import OutboxRelay, RelaySettings
 from engine_service.settings import EngineSettings
@@ -74,6 +75,8 @@ async def serve(settings: EngineSettings) -> None:
             await relay.start()
             log.info("relaying events to analytics at %s", settings.analytics_target)
         continued = await keeper.start()
+        scheduler = Scheduler(engine, settings.scheduler_config(), owner=settings.instance_id)
+        scheduler.start()
         await server.start()
         host = settings.address.rsplit(":", 1)[0]
         log.info("engine listening on %s:%d", host, server.port)
@@ -84,6 +87,7 @@ async def serve(settings: EngineSettings) -> None:
         await _until_stopped()
         log.info("stopping (grace period %.1fs)", settings.grace_period_seconds)
         await keeper.stop()  # claim nothing more while stopping
+        await scheduler.stop()
         await server.stop(settings.grace_period_seconds)
         if listener is not None:
             await listener.stop()

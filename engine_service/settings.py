@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine_service.core.engine import EngineConfig
+from engine_service.core.scheduler import SchedulerConfig
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.stepstream/engine.db"
 
@@ -141,6 +142,24 @@ class EngineSettings(BaseSettings):
         gt=0,
         description="How often leases are renewed and expired ones claimed.",
     )
+    schedule_tick_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the scheduler looks for due schedules; a run starts at most "
+        "this late.",
+    )
+    schedule_claim_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a replica holds a due run it claimed: if it dies before "
+        "starting the run, another replica starts it after this long.",
+    )
+    schedule_misfire_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="A run not started within this long of its time counts as missed and "
+        "follows the schedule's missed-run policy (skip, or run once).",
+    )
 
     @model_validator(mode="after")
     def _security_is_complete(self) -> EngineSettings:
@@ -163,6 +182,13 @@ class EngineSettings(BaseSettings):
             max_steps_per_execution=self.max_steps_per_execution,
             max_concurrent_steps=self.max_concurrent_steps,
             max_workflow_depth=self.max_workflow_depth,
+        )
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            tick_seconds=self.schedule_tick_seconds,
+            claim_seconds=self.schedule_claim_seconds,
+            misfire_grace_seconds=self.schedule_misfire_grace_seconds,
         )
 
     def grpc_options(self) -> list[tuple[str, int]]:

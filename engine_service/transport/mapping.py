@@ -18,6 +18,7 @@ from stepstream.v1 import engine_pb2, events_pb2, workflow_pb2
 
 from engine_service.core.definitions import definition_to_dict
 from engine_service.core.model import WorkflowDefinition
+from engine_service.core.schedules import MissedRunPolicy, OverlapPolicy, Schedule
 from engine_service.core.state import (
     EventKind,
     ExecutionEvent,
@@ -225,3 +226,54 @@ def _set_event_optionals(message: events_pb2.ExecutionEvent, event: ExecutionEve
 
 def batch_to_proto(events: list[ExecutionEvent], batch_id: str) -> events_pb2.EventBatch:
     return events_pb2.EventBatch(events=[event_to_proto(e) for e in events], batch_id=batch_id)
+
+
+# -- schedules -----------------------------------------------------------------------------
+
+
+def overlap_policy_to_proto(policy: OverlapPolicy) -> engine_pb2.OverlapPolicy.ValueType:
+    return engine_pb2.OverlapPolicy.Value(f"OVERLAP_POLICY_{policy.value}")
+
+
+def overlap_policy_from_proto(value: int) -> OverlapPolicy | None:
+    """None for UNSPECIFIED; ValueError for a number the contract does not define."""
+    name = _enum_name(engine_pb2.OverlapPolicy.items(), value, "OVERLAP_POLICY_")
+    return None if name is None else OverlapPolicy(name)
+
+
+def missed_run_policy_to_proto(policy: MissedRunPolicy) -> engine_pb2.MissedRunPolicy.ValueType:
+    return engine_pb2.MissedRunPolicy.Value(f"MISSED_RUN_POLICY_{policy.value}")
+
+
+def missed_run_policy_from_proto(value: int) -> MissedRunPolicy | None:
+    """None for UNSPECIFIED; ValueError for a number the contract does not define."""
+    name = _enum_name(engine_pb2.MissedRunPolicy.items(), value, "MISSED_RUN_POLICY_")
+    return None if name is None else MissedRunPolicy(name)
+
+
+def _enum_name(items: list[tuple[str, Any]], value: int, prefix: str) -> str | None:
+    for name, number in items:
+        if number == value:
+            short = name.removeprefix(prefix)
+            return None if short == "UNSPECIFIED" else short
+    raise ValueError(f"{value} is not a defined value")
+
+
+def schedule_to_proto(schedule: Schedule) -> engine_pb2.Schedule:
+    message = engine_pb2.Schedule(
+        id=schedule.id,
+        tenant=schedule.tenant,
+        workflow_id=schedule.workflow_id,
+        workflow_version=schedule.workflow_version,
+        cron=schedule.cron,
+        time_zone=schedule.time_zone,
+        overlap_policy=overlap_policy_to_proto(schedule.overlap_policy),
+        missed_run_policy=missed_run_policy_to_proto(schedule.missed_run_policy),
+        paused=schedule.paused,
+        last_execution_id=schedule.last_execution_id,
+    )
+    message.inputs.CopyFrom(to_struct(schedule.inputs))
+    _set_timestamp(message.next_run_at, schedule.next_run_at)
+    _set_timestamp(message.last_run_at, schedule.last_run_at)
+    _set_timestamp(message.created_at, schedule.created_at)
+    return message

@@ -1,29 +1,33 @@
 """EngineService: each RPC checks the request's shape, calls the engine, maps the result.
 
 Errors are raised, never set on the context: the ErrorInterceptor turns them into
-statuses. Schedules answer UNIMPLEMENTED until the scheduler exists.
+statuses.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any
 
 from grpc import aio
 from stepstream.v1 import engine_pb2, engine_pb2_grpc, events_pb2
 
 from engine_service.core.definitions import validate_definition
 from engine_service.core.engine import Engine
+from engine_service.core.scheduler import ScheduleService
 from engine_service.core.state import ExecutionEvent
 from engine_service.transport import mapping
-from engine_service.transport.errors import unimplemented
 from engine_service.transport.requests import RequestCheck, execution_query, workflow_query
+from engine_service.transport.schedule_requests import (
+    schedule_changes,
+    schedule_query,
+    schedule_spec,
+)
 from engine_service.transport.streams import EventStreams
 from engine_service.transport.tenancy import Tenancy
 
 Context = aio.ServicerContext[Any, Any]
-SCHEDULES_LATER = "schedules are not available yet: the scheduler is being built"
 
 
 def _batch(events: list[ExecutionEvent]) -> events_pb2.EventBatch:
@@ -35,6 +39,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         self._engine = engine
         self._streams = streams
         self._tenancy = tenancy
+        self._schedules = ScheduleService(engine)
 
     # ---- workflows -------------------------------------------------------------------
 
@@ -205,29 +210,44 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         async for batch in self._streams.watch_execution(state.id, 0, tenant=None):
             yield engine_pb2.RunAndWatchResponse(batch=_batch(batch))
 
-    # ---- schedules (the next issue) --------------------------------------------------
+    # ---- schedules ------------------------------------------------------------------
 
     async def CreateSchedule(
         self, request: engine_pb2.CreateScheduleRequest, context: Context
     ) -> engine_pb2.CreateScheduleResponse:
-        await _not_yet(context)
+        tenant = self._tenancy.named(request.schedule.tenant, context)
+        created = await self._schedules.create(schedule_spec(request, tenant))
+        return engine_pb2.CreateScheduleResponse(schedule=mapping.schedule_to_proto(created))
 
     async def ListSchedules(
         self, request: engine_pb2.ListSchedulesRequest, context: Context
     ) -> engine_pb2.ListSchedulesResponse:
-        await _not_yet(context)
+        query = schedule_query(request, self._tenancy.named(request.tenant, context))
+        page = await self._schedules.list(query)
+        return engine_pb2.ListSchedulesResponse(
+            schedules=[mapping.schedule_to_proto(s) for s in page.items],
+            next_page_token=page.next_page_token,
+        )
 
     async def UpdateSchedule(
         self, request: engine_pb2.UpdateScheduleRequest, context: Context
     ) -> engine_pb2.UpdateScheduleResponse:
-        await _not_yet(context)
+        changes = schedule_changes(request)
+        tenant = await self._schedule_tenant(request.schedule_id, context)
+        updated = await self._schedules.update(request.schedule_id, changes, tenant=tenant)
+        return engine_pb2.UpdateScheduleResponse(schedule=mapping.schedule_to_proto(updated))
 
     async def DeleteSchedule(
         self, request: engine_pb2.DeleteScheduleRequest, context: Context
     ) -> engine_pb2.DeleteScheduleResponse:
-        await _not_yet(context)
+        RequestCheck().required(request.schedule_id, "schedule_id").done()
+        tenant = await self._schedule_tenant(request.schedule_id, context)
+        await self._schedules.delete(request.schedule_id, tenant=tenant)
+        return engine_pb2.DeleteScheduleResponse()
 
-
-async def _not_yet(context: Context) -> NoReturn:
-    status = unimplemented(SCHEDULES_LATER)
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    async def _schedule_tenant(self, schedule_id: str, context: Context) -> str:
+        """The schedule's tenant; NOT_FOUND, as for a missing id, if the caller may not
+        use it."""
+        schedule = await self._schedules.get(schedule_id)
+        self._tenancy.require_visible(context, schedule.tenant, kind="schedule", key=schedule_id)
+        return schedule.tenant

@@ -1,4 +1,4 @@
-"""StartExecution, GetExecution, ListExecutions, Cancel/Pause/Resume and schedules."""
+"""StartExecution, GetExecution, ListExecutions, Cancel/Pause/Resume."""
 
 from __future__ import annotations
 
@@ -216,18 +216,6 @@ async def test_commands_bad_input(harness: Harness) -> None:
         harness.stub.ResumeExecution(engine_pb2.ResumeExecutionRequest(execution_id="gone")),
     ):
         assert (await rpc_error(call)).code() is grpc.StatusCode.NOT_FOUND
-
-
-async def test_schedules_are_unimplemented_with_a_reason(harness: Harness) -> None:
-    for call in (
-        harness.stub.CreateSchedule(engine_pb2.CreateScheduleRequest()),
-        harness.stub.ListSchedules(engine_pb2.ListSchedulesRequest()),
-        harness.stub.UpdateSchedule(engine_pb2.UpdateScheduleRequest()),
-        harness.stub.DeleteSchedule(engine_pb2.DeleteScheduleRequest()),
-    ):
-        error = await rpc_error(call)
-        assert error.code() is grpc.StatusCode.UNIMPLEMENTED
-        assert "schedules" in (error.details() or "")
 
 
 async def _wait_for_status(harness: Harness, execution_id: str, status: str) -> None:
