@@ -112,6 +112,8 @@ rollups = Table(
     Column("duration_max", Double, nullable=False),
     _amount("time_saved_sum"),
     _amount("business_value_sum"),
+    # Time-bounded reads across steps or workflows; the primary key serves one step.
+    Index("ix_rollups_time", "tenant", "resolution", "minute", "workflow_id"),
 )
 
 rollup_errors = Table(
@@ -124,6 +126,8 @@ rollup_errors = Table(
     Column("minute", BigInteger, primary_key=True),
     Column("error_type", String(NAME), primary_key=True),
     _counter("count"),
+    # Time-bounded reads across steps or workflows; the primary key serves one step.
+    Index("ix_rollup_errors_time", "tenant", "resolution", "minute", "workflow_id"),
 )
 
 # One row per non-empty log bucket (see core.histogram) of a rollup key.
@@ -137,6 +141,8 @@ rollup_histograms = Table(
     Column("minute", BigInteger, primary_key=True),
     Column("bucket", Integer, primary_key=True),
     _counter("count"),
+    # Time-bounded reads across steps or workflows; the primary key serves one step.
+    Index("ix_rollup_histograms_time", "tenant", "resolution", "minute", "workflow_id"),
 )
 
 # Keyed by the minute of ingestion, not of the events.

@@ -120,6 +120,12 @@ def upgrade() -> None:
             "tenant", "workflow_id", "step_id", "resolution", "minute", "error_type"
         ),
     )
+    op.create_index(
+        "ix_rollup_errors_time",
+        "rollup_errors",
+        ["tenant", "resolution", "minute", "workflow_id"],
+        unique=False,
+    )
     op.create_table(
         "rollup_histograms",
         sa.Column("tenant", sa.String(length=128), nullable=False),
@@ -132,6 +138,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint(
             "tenant", "workflow_id", "step_id", "resolution", "minute", "bucket"
         ),
+    )
+    op.create_index(
+        "ix_rollup_histograms_time",
+        "rollup_histograms",
+        ["tenant", "resolution", "minute", "workflow_id"],
+        unique=False,
     )
     op.create_table(
         "rollups",
@@ -155,6 +167,12 @@ def upgrade() -> None:
         sa.Column("time_saved_sum", sa.Double(), server_default="0", nullable=False),
         sa.Column("business_value_sum", sa.Double(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("tenant", "workflow_id", "step_id", "resolution", "minute"),
+    )
+    op.create_index(
+        "ix_rollups_time",
+        "rollups",
+        ["tenant", "resolution", "minute", "workflow_id"],
+        unique=False,
     )
     op.create_table(
         "step_facts",
@@ -191,8 +209,11 @@ def downgrade() -> None:
     op.drop_index("ix_step_facts_tenant_workflow_finished", table_name="step_facts")
     op.drop_index("ix_step_facts_tenant_finished", table_name="step_facts")
     op.drop_table("step_facts")
+    op.drop_index("ix_rollups_time", table_name="rollups")
     op.drop_table("rollups")
+    op.drop_index("ix_rollup_histograms_time", table_name="rollup_histograms")
     op.drop_table("rollup_histograms")
+    op.drop_index("ix_rollup_errors_time", table_name="rollup_errors")
     op.drop_table("rollup_errors")
     op.drop_index("ix_ingested_events_occurred_at", table_name="ingested_events")
     op.drop_table("ingested_events")
