@@ -362,18 +362,23 @@ class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
         return Page(states, encode_page_token(offset + size) if len(page_ids) > size else "")
 
     async def _load(self, where: Any) -> list[ExecutionState]:
-        """Executions matching `where`: each snapshot with its later events folded in."""
-        tail = (
-            select(execution_events.c.execution_id, execution_events.c.payload)
-            .join(executions, executions.c.id == execution_events.c.execution_id)
-            .where(where, execution_events.c.sequence > executions.c.snapshot_sequence)
-            .order_by(execution_events.c.execution_id, execution_events.c.sequence)
-        )
+        """Executions matching `where`: each snapshot with its later events folded in.
+
+        The events are bounded by each row's own snapshot and last sequence as read, so
+        appends committing between the two queries cannot tear the result.
+        """
         async with self._engine.connect() as connection:
             rows = (await connection.execute(select(executions).where(where))).mappings().all()
+            behind = [r for r in rows if r["last_sequence"] > r["snapshot_sequence"]]
             pending: dict[str, list[ExecutionEvent]] = {}
-            for execution_id, payload in await connection.execute(tail):
-                pending.setdefault(execution_id, []).append(event_from_json(payload))
+            if behind:
+                tail = (
+                    select(execution_events.c.execution_id, execution_events.c.payload)
+                    .where(or_(*(_events_after_snapshot(r) for r in behind)))
+                    .order_by(execution_events.c.execution_id, execution_events.c.sequence)
+                )
+                for execution_id, payload in await connection.execute(tail):
+                    pending.setdefault(execution_id, []).append(event_from_json(payload))
         return [replay(snapshot_from_row(r), pending.get(r["id"], [])) for r in rows]
 
     async def read_events(
@@ -427,6 +432,14 @@ _NOTIFY = text(
     "AS payload"
 )
 NOTIFY_CHANNEL = "stepstream_events"
+
+
+def _events_after_snapshot(row: Any) -> Any:
+    return and_(
+        execution_events.c.execution_id == row["id"],
+        execution_events.c.sequence > row["snapshot_sequence"],
+        execution_events.c.sequence <= row["last_sequence"],
+    )
 
 
 def _needs_snapshot(events: Sequence[ExecutionEvent]) -> bool:
