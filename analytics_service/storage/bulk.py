@@ -27,11 +27,19 @@ class Merge(enum.Enum):
     GREATEST = "greatest"
 
 
-Row = Mapping[str, Any]
+# Column name -> one value per row: the shape Postgres' arrays want, built without a dict
+# per row. Every table column must be present.
+Columns = Mapping[str, Sequence[Any]]
 
 
-def _chunks(rows: Sequence[Row], width: int) -> list[Sequence[Row]]:
-    size = max(MAX_BIND_PARAMETERS // max(width, 1), 1)
+def _length(columns: Columns) -> int:
+    return len(next(iter(columns.values()), ()))
+
+
+def _row_chunks(columns: Columns) -> list[list[dict[str, Any]]]:
+    names = list(columns)
+    rows = [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    size = max(MAX_BIND_PARAMETERS // max(len(names), 1), 1)
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
@@ -49,23 +57,23 @@ def _merged(merge: Merge, stored: Any, incoming: Any) -> ColumnElement[Any]:
 
 
 async def insert_new(
-    session: AsyncSession, table: Table, rows: Sequence[Row], returning: Sequence[str]
+    session: AsyncSession, table: Table, columns: Columns, returning: Sequence[str]
 ) -> list[tuple[Any, ...]]:
     """Insert the rows whose primary key is new; return `returning` of those inserted."""
-    if not rows:
+    if not _length(columns):
         return []
     if dialect_name(session) == "postgresql":
         sql = (
             f"{_unnest_insert(session, table)} "
             f"ON CONFLICT DO NOTHING RETURNING {', '.join(returning)}"
         )
-        result = await session.execute(text(sql), _columns(table, rows))
+        result = await session.execute(text(sql), _arrays(table, columns))
         return [tuple(row) for row in result.all()]
     inserted: list[tuple[Any, ...]] = []
-    for chunk in _chunks(rows, len(rows[0])):
+    for chunk in _row_chunks(columns):
         statement = (
             sqlite.insert(table)
-            .values(list(chunk))
+            .values(chunk)
             .on_conflict_do_nothing()
             .returning(*(table.c[name] for name in returning))
         )
@@ -75,14 +83,14 @@ async def insert_new(
 
 
 async def upsert(
-    session: AsyncSession, table: Table, rows: Sequence[Row], merges: Mapping[str, Merge]
+    session: AsyncSession, table: Table, columns: Columns, merges: Mapping[str, Merge]
 ) -> None:
     """Insert the rows, or merge them into the stored rows with the same primary key.
 
     The caller passes one row per key and rows sorted by key, so that concurrent batches
     lock rows in the same order and cannot deadlock.
     """
-    if not rows:
+    if not _length(columns):
         return
     keys = [column.name for column in table.primary_key.columns]
     if dialect_name(session) == "postgresql":
@@ -94,10 +102,10 @@ async def upsert(
             f"{_unnest_insert(session, table)} "
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {changes}"
         )
-        await session.execute(text(sql), _columns(table, rows))
+        await session.execute(text(sql), _arrays(table, columns))
         return
-    for chunk in _chunks(rows, len(rows[0])):
-        statement = sqlite.insert(table).values(list(chunk))
+    for chunk in _row_chunks(columns):
+        statement = sqlite.insert(table).values(chunk)
         sqlite_changes = {
             name: _merged(merge, table.c[name], statement.excluded[name])
             for name, merge in merges.items()
@@ -107,8 +115,8 @@ async def upsert(
         )
 
 
-def _columns(table: Table, rows: Sequence[Row]) -> dict[str, list[Any]]:
-    return {column.name: [row[column.name] for row in rows] for column in table.columns}
+def _arrays(table: Table, columns: Columns) -> dict[str, list[Any]]:
+    return {column.name: list(columns[column.name]) for column in table.columns}
 
 
 def _unnest_insert(session: AsyncSession, table: Table) -> str:

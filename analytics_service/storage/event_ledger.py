@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,17 +19,14 @@ class SqlEventLedger:
         self._session = session
 
     async def record_new(self, events: Sequence[ExecutionEvent], now: datetime) -> set[str]:
-        rows = [
-            {
-                "event_id": event.event_id,
-                "tenant": event.tenant,
-                "workflow_id": event.workflow_id,
-                "occurred_at": event.occurred_at,
-                "ingested_at": now,
-            }
-            for event in events
-        ]
-        inserted = await insert_new(self._session, ingested_events, rows, ["event_id"])
+        columns: dict[str, list[Any]] = {
+            "event_id": [event.event_id for event in events],
+            "tenant": [event.tenant for event in events],
+            "workflow_id": [event.workflow_id for event in events],
+            "occurred_at": [event.occurred_at for event in events],
+            "ingested_at": [now] * len(events),
+        }
+        inserted = await insert_new(self._session, ingested_events, columns, ["event_id"])
         return {event_id for (event_id,) in inserted}
 
     async def prune(self, before: datetime) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,30 +24,25 @@ from analytics_service.storage.models import execution_facts, step_facts
 _FAILED = (StepStatus.FAILED.value, StepStatus.TIMED_OUT.value)
 
 
-def step_row(fact: StepAttemptFact) -> dict[str, Any]:
-    return {
-        "execution_id": fact.execution_id,
-        "step_id": fact.step_id,
-        "attempt": fact.attempt,
-        "tenant": fact.tenant,
-        "workflow_id": fact.workflow_id,
-        "workflow_version": fact.workflow_version,
-        "action": fact.action,
-        "status": fact.status.value,
-        "error_type": fact.error_type,
-        "error_message": fact.error_message,
-        "started_at": fact.started_at,
-        "finished_at": fact.finished_at,
-        "duration_seconds": fact.duration_seconds,
-        "depends_on": json.dumps(list(fact.depends_on)),
-        "event_id": fact.event_id,
+def step_columns(facts: Sequence[StepAttemptFact]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {
+        name: [getattr(fact, name) for fact in facts]
+        for name in step_facts.c.keys()  # noqa: SIM118
+        if name not in ("status", "depends_on")
     }
+    columns["status"] = [fact.status.value for fact in facts]
+    columns["depends_on"] = [json.dumps(list(fact.depends_on)) for fact in facts]
+    return columns
 
 
-def execution_row(fact: ExecutionFact) -> dict[str, Any]:
-    row = {name: getattr(fact, name) for name in execution_facts.c.keys()}  # noqa: SIM118
-    row["status"] = fact.status.value
-    return row
+def execution_columns(facts: Sequence[ExecutionFact]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {
+        name: [getattr(fact, name) for fact in facts]
+        for name in execution_facts.c.keys()  # noqa: SIM118
+        if name != "status"
+    }
+    columns["status"] = [fact.status.value for fact in facts]
+    return columns
 
 
 def _step_fact(row: Row[Any]) -> StepAttemptFact:
@@ -85,13 +81,13 @@ class SqlFactStore:
         step_keys = await insert_new(
             self._session,
             step_facts,
-            [step_row(fact) for fact in facts.steps],
+            step_columns(facts.steps),
             ["execution_id", "step_id", "attempt"],
         )
         execution_keys = await insert_new(
             self._session,
             execution_facts,
-            [execution_row(fact) for fact in facts.executions],
+            execution_columns(facts.executions),
             ["execution_id"],
         )
         new_steps = set(step_keys)

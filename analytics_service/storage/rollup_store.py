@@ -1,4 +1,4 @@
-"""Minute rollups: upserted per batch, summed over ranges and groups by the queries."""
+"""Minute and hour rollups: upserted per batch, summed over ranges and groups by the queries."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ _COUNTERS = (
     "retries",
 )
 _SUMS = ("duration_sum", "time_saved_sum", "business_value_sum")
+_SUMMED = (*_COUNTERS, *_SUMS)
 _ROLLUP_MERGES = {
     **dict.fromkeys(_COUNTERS, Merge.ADD),
     **dict.fromkeys(_SUMS, Merge.ADD),
@@ -45,13 +46,13 @@ _COUNT_MERGE = {"count": Merge.ADD}
 _LAG_MERGES = {"events": Merge.ADD, "lag_sum": Merge.ADD, "lag_max": Merge.GREATEST}
 
 
-def _key_columns(key: RollupKey) -> dict[str, Any]:
+def _key_columns(keys: list[RollupKey]) -> dict[str, list[Any]]:
     return {
-        "tenant": key.tenant,
-        "workflow_id": key.workflow_id,
-        "step_id": key.step_id,
-        "resolution": key.resolution,
-        "minute": key.minute,
+        "tenant": [key.tenant for key in keys],
+        "workflow_id": [key.workflow_id for key in keys],
+        "step_id": [key.step_id for key in keys],
+        "resolution": [key.resolution for key in keys],
+        "minute": [key.minute for key in keys],
     }
 
 
@@ -63,15 +64,6 @@ def _order(key: RollupKey) -> tuple[str, str, str, int, int]:
 def _order_pair(item: tuple[tuple[RollupKey, Any], int]) -> tuple[Any, ...]:
     (key, detail), _ = item
     return (*_order(key), detail)
-
-
-def _rollup_row(key: RollupKey, counts: RollupCounts) -> dict[str, Any]:
-    row = _key_columns(key)
-    row.update({name: getattr(counts, name) for name in (*_COUNTERS, *_SUMS)})
-    row.update(
-        duration_min=counts.duration_min, duration_max=counts.duration_max, action=counts.action
-    )
-    return row
 
 
 def _selection(table: Table, query: RollupQuery) -> list[ColumnElement[bool]]:
@@ -151,18 +143,42 @@ class SqlRollupStore:
         self._session = session
 
     async def apply(self, deltas: RollupDeltas) -> None:
-        counts = [_rollup_row(key, deltas.counts[key]) for key in sorted(deltas.counts, key=_order)]
-        await upsert(self._session, rollups, counts, _ROLLUP_MERGES)
-        errors = [
-            {**_key_columns(key), "error_type": error_type, "count": count}
-            for (key, error_type), count in sorted(deltas.errors.items(), key=_order_pair)
-        ]
-        await upsert(self._session, rollup_errors, errors, _COUNT_MERGE)
-        buckets = [
-            {**_key_columns(key), "bucket": bucket, "count": count}
-            for (key, bucket), count in sorted(deltas.histogram.items(), key=_order_pair)
-        ]
-        await upsert(self._session, rollup_histograms, buckets, _COUNT_MERGE)
+        keys = sorted(deltas.counts, key=_order)
+        counts = [deltas.counts[key] for key in keys]
+        await upsert(
+            self._session,
+            rollups,
+            {
+                **_key_columns(keys),
+                **{name: [getattr(c, name) for c in counts] for name in _SUMMED},
+                "duration_min": [c.duration_min for c in counts],
+                "duration_max": [c.duration_max for c in counts],
+                "action": [c.action for c in counts],
+            },
+            _ROLLUP_MERGES,
+        )
+        errors = sorted(deltas.errors.items(), key=_order_pair)
+        await upsert(
+            self._session,
+            rollup_errors,
+            {
+                **_key_columns([key for (key, _), _ in errors]),
+                "error_type": [error_type for (_, error_type), _ in errors],
+                "count": [count for _, count in errors],
+            },
+            _COUNT_MERGE,
+        )
+        buckets = sorted(deltas.histogram.items(), key=_order_pair)
+        await upsert(
+            self._session,
+            rollup_histograms,
+            {
+                **_key_columns([key for (key, _), _ in buckets]),
+                "bucket": [bucket for (_, bucket), _ in buckets],
+                "count": [count for _, count in buckets],
+            },
+            _COUNT_MERGE,
+        )
 
     async def counts(self, query: RollupQuery) -> dict[GroupKey, RollupCounts]:
         groups = _groups(rollups, query)
@@ -209,18 +225,16 @@ class SqlRollupStore:
     async def record_ingest_lag(
         self, minute: int, lags: Mapping[tuple[str, str], IngestLag]
     ) -> None:
-        rows = [
-            {
-                "tenant": tenant,
-                "workflow_id": workflow_id,
-                "minute": minute,
-                "events": lag.count,
-                "lag_sum": lag.total_seconds,
-                "lag_max": lag.max_seconds,
-            }
-            for (tenant, workflow_id), lag in sorted(lags.items())
-        ]
-        await upsert(self._session, ingest_lag, rows, _LAG_MERGES)
+        scopes = sorted(lags)
+        columns: dict[str, list[Any]] = {
+            "tenant": [tenant for tenant, _ in scopes],
+            "workflow_id": [workflow_id for _, workflow_id in scopes],
+            "minute": [minute] * len(scopes),
+            "events": [lags[scope].count for scope in scopes],
+            "lag_sum": [lags[scope].total_seconds for scope in scopes],
+            "lag_max": [lags[scope].max_seconds for scope in scopes],
+        }
+        await upsert(self._session, ingest_lag, columns, _LAG_MERGES)
 
     async def max_ingest_lag(
         self, tenant: str, workflow_id: str, minutes: MinuteRange

@@ -98,3 +98,11 @@ async def stub(
 ) -> AsyncIterator[analytics_pb2_grpc.AnalyticsServiceAsyncStub]:
     async with connected(service) as connection:
         yield connection
+
+
+async def wait_for_watchers(service: RunningService, count: int) -> None:
+    for _ in range(200):
+        if service.use_cases.broadcaster.subscriber_count >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the WatchAlerts stream never subscribed")

@@ -11,19 +11,15 @@ from google.protobuf import duration_pb2
 from stepstream.v1 import analytics_pb2
 
 from analytics_service.core.events import ExecutionEvent
-from analytics_service.main import RunningService
-from tests.integration.analytics.conftest import ManualClock, connected, running_service
+from tests.integration.analytics.conftest import (
+    ManualClock,
+    connected,
+    running_service,
+    wait_for_watchers,
+)
 from tests.integration.analytics.webhook_server import webhook_server
 from tests.integration.analytics.wire import ingest
 from tests.unit.analytics.builders import execution_event
-
-
-async def wait_for_watchers(service: RunningService, count: int) -> None:
-    for _ in range(200):
-        if service.use_cases.broadcaster.subscriber_count >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the WatchAlerts stream never subscribed")
 
 
 async def next_alert(watch: Any) -> analytics_pb2.AlertEvent:

@@ -15,8 +15,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from stepstream.v1 import analytics_pb2, analytics_pb2_grpc
 
 from analytics_service.main import SERVICE_NAME
-from tests.integration.analytics.conftest import ManualClock, connected, running_service
-from tests.integration.analytics.test_alert_delivery import wait_for_watchers
+from tests.integration.analytics.conftest import (
+    ManualClock,
+    connected,
+    running_service,
+    wait_for_watchers,
+)
 from tests.integration.analytics.wire import ingest
 from tests.unit.analytics.builders import execution_event
 
