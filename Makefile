@@ -17,16 +17,14 @@ install: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 
-## Start both services on the embedded SQLite default (state under ./.stepstream/).
-## Each service runs in the foreground of this command; Ctrl-C stops both.
+## Both services on the embedded SQLite default (state under ./.stepstream/); the engine's
+## outbox relay ships events to the analytics service. Ctrl-C stops both.
 run: install
-	@started=0; trap 'kill 0' INT TERM EXIT; \
-	for svc in engine_service analytics_service; do \
-	  if [ -f $$svc/__main__.py ]; then \
-	    echo "starting $$svc"; $(BIN)/python -m $$svc & started=1; \
-	  else echo "$$svc: not built yet, not started"; fi; \
-	done; \
-	if [ $$started = 0 ]; then echo "no service to run yet"; exit 1; fi; wait
+	@trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/python -m analytics_service & \
+	STEPSTREAM_ANALYTICS_TARGET=$${STEPSTREAM_ANALYTICS_TARGET:-127.0.0.1:50052} \
+	  $(BIN)/python -m engine_service & \
+	wait
 
 ## The whole suite with coverage (needs Postgres: see README).
 test: install-dev
