@@ -30,10 +30,13 @@ from typing import Any
 
 import asyncpg
 import grpc
+from pydantic import SecretStr
 from stepstream.v1 import analytics_pb2, analytics_pb2_grpc
 
 from analytics_service.core.events import EventKind, ExecutionEvent, ExecutionStatus, StepStatus
 from analytics_service.core.ingest import Ingestor
+from analytics_service.core.queries import AnalyticsQueries, Selection
+from analytics_service.core.reports import TimeRange
 from analytics_service.main import start
 from analytics_service.settings import AnalyticsSettings
 
@@ -185,7 +188,10 @@ def seconds(duration: Any) -> float:
 
 async def query_figures(url: str, async_url: str, queries: int) -> dict[str, float]:
     settings = AnalyticsSettings(
-        address="127.0.0.1:0", metrics_port=0, database_url=async_url, fact_retention_days=0
+        address="127.0.0.1:0",
+        metrics_port=0,
+        database_url=SecretStr(async_url),
+        fact_retention_days=0,
     )
     service = await start(settings)
     whole_day = analytics_pb2.TimeRange()
@@ -219,15 +225,39 @@ async def query_figures(url: str, async_url: str, queries: int) -> dict[str, flo
                     for name, value in exact.items():
                         estimate = seconds(getattr(duration, name))
                         worst_error = max(worst_error, abs(estimate - value) / value)
+        direct = await use_case_latencies(service.use_cases.queries, queries)
     finally:
         await service.stop(1.0)
-    ordered = sorted(latencies)
     return {
-        "p50_ms": 1000 * statistics.median(ordered),
-        "p95_ms": 1000 * ordered[math.ceil(0.95 * len(ordered)) - 1],
-        "p99_ms": 1000 * ordered[math.ceil(0.99 * len(ordered)) - 1],
+        **{f"grpc_{name}": value for name, value in percentiles_ms(latencies).items()},
+        **{f"direct_{name}": value for name, value in percentiles_ms(direct).items()},
         "worst_percentile_error": worst_error,
     }
+
+
+def percentiles_ms(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "p50": 1000 * statistics.median(ordered),
+        "p95": 1000 * ordered[math.ceil(0.95 * len(ordered)) - 1],
+        "p99": 1000 * ordered[math.ceil(0.99 * len(ordered)) - 1],
+    }
+
+
+async def use_case_latencies(queries: AnalyticsQueries, count: int) -> list[float]:
+    """The same queries without gRPC: the storage and core share of the latency."""
+    window = TimeRange(DAY_START, DAY_START + timedelta(days=1))
+    latencies = []
+    for index in range(count):
+        workflow = f"workflow_{index % WORKFLOWS}"
+        started = time.perf_counter()
+        if index % 2:
+            await queries.workflow_metrics(Selection("default", workflow, window))
+        else:
+            step = f"step_{index % STEPS}"
+            await queries.step_metrics(Selection("default", workflow, window, step_id=step))
+        latencies.append(time.perf_counter() - started)
+    return latencies
 
 
 async def step_fact_count(url: str) -> int:
@@ -285,11 +315,12 @@ async def measure(arguments: argparse.Namespace, url: str, async_url: str) -> No
     await database.close()
     figures = await query_figures(url, async_url, arguments.queries)
     print(f"step facts: {await step_fact_count(url):,}; queries: {arguments.queries}")
-    print(
-        "metrics query latency (gRPC, whole day): "
-        f"p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms, "
-        f"p99 {figures['p99_ms']:.1f} ms"
-    )
+    for way, label in (("grpc", "through gRPC"), ("direct", "use case, no gRPC")):
+        print(
+            f"metrics query latency over a whole day ({label}): "
+            f"p50 {figures[f'{way}_p50']:.1f} ms, p95 {figures[f'{way}_p95']:.1f} ms, "
+            f"p99 {figures[f'{way}_p99']:.1f} ms"
+        )
     print(
         "largest relative error of p50/p95/p99 vs exact percentile_cont: "
         f"{100 * figures['worst_percentile_error']:.3f}%"

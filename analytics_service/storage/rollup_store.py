@@ -204,10 +204,11 @@ class SqlRollupStore:
             .where(*_selection(rollup_histograms, query))
             .group_by(*groups, bucket)
         )
-        collected: dict[GroupKey, dict[int, int]] = {}
+        # Thousands of bucket rows share a handful of groups: key by the raw tuple first.
+        collected: dict[tuple[Any, ...], dict[int, int]] = {}
         for row in await self._session.execute(statement):
-            collected.setdefault(_group_key(row), {})[int(row[3])] = int(row[4])
-        return {key: Histogram(counts) for key, counts in collected.items()}
+            collected.setdefault(tuple(row[:3]), {})[int(row[3])] = int(row[4])
+        return {_group_key(group): Histogram(counts) for group, counts in collected.items()}
 
     async def errors(self, query: RollupQuery) -> dict[GroupKey, dict[str, int]]:
         groups = _groups(rollup_errors, query)
