@@ -16,7 +16,7 @@ from typing import Any, Final
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from stepstream.v1 import engine_pb2, events_pb2, workflow_pb2
 
-from engine_service.core.definitions import definition_to_dict
+from engine_service.core.definition_format import definition_to_dict
 from engine_service.core.model import WorkflowDefinition
 from engine_service.core.schedules import MissedRunPolicy, OverlapPolicy, Schedule
 from engine_service.core.state import (

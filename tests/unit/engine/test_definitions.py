@@ -9,14 +9,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine_service.core.definitions import (
-    DefinitionLimits,
-    definition_schema,
+from engine_service.core.definition_format import (
     definition_to_dict,
     format_duration,
     format_path,
-    parse_definition,
     parse_duration,
+)
+from engine_service.core.definitions import (
+    DefinitionLimits,
+    definition_schema,
+    parse_definition,
     validate_definition,
 )
 from engine_service.core.errors import DefinitionInvalid
