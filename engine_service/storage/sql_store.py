@@ -77,8 +77,10 @@ class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
         self._engine = engine
         self._owner = owner
         self._on_close = on_close
+        # SQLite has one writer at a time; Postgres flushes concurrent commits together.
+        writers = 4 if engine.dialect.name == "postgresql" else 1
         self._committer: GroupCommitter[Append] = GroupCommitter(
-            engine, self._write_appends, max_batch=max_batch
+            engine, self._write_appends, max_batch=max_batch, writers=writers
         )
         self._definitions: dict[tuple[str, str, int], WorkflowDefinition] = {}
 
