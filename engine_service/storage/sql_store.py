@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from engine_service.core.definitions import DefinitionLimits, parse_definition
 from engine_service.core.errors import ConcurrentModification, LeaseLost, NotFound
 from engine_service.core.model import WorkflowDefinition
-from engine_service.core.state import EventKind, ExecutionEvent, ExecutionState, StepStatus, replay
+from engine_service.core.state import EventKind, ExecutionEvent, ExecutionState, replay
 from engine_service.core.store import (
     ExecutionQuery,
     ExecutionStore,
@@ -31,6 +31,7 @@ from engine_service.core.store import (
     encode_page_token,
     page_bounds,
 )
+from engine_service.storage.attempts import attempt_rows
 from engine_service.storage.codec import (
     event_from_json,
     event_to_json,
@@ -48,15 +49,13 @@ from engine_service.storage.models import (
     step_attempts,
     workflow_definitions,
 )
+from engine_service.storage.pg_append import append_batch
 from engine_service.storage.schedule_store import SqlScheduleStore
 
 # Stored definitions passed validation when registered; loading them must not fail
 # because a limit was lowered since.
 _LOADING_LIMITS = DefinitionLimits(
     max_steps=10**9, max_depends_on=10**9, max_definition_bytes=10**12, max_id_length=10**6
-)
-_FINISHED_ATTEMPT = frozenset(
-    {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.TIMED_OUT, StepStatus.CANCELLED}
 )
 Append = tuple[ExecutionState, Sequence[ExecutionEvent]]
 # Events between snapshots of an execution's state; reads fold at most this many.
@@ -234,6 +233,15 @@ class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
 
     async def _write_appends(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
         """One batch of appends: a fixed number of round trips, whatever its size."""
+        unique = len({state.id for state, _ in batch}) == len(batch)
+        if self.dialect == "postgresql" and unique:
+            written = await append_batch(
+                connection, batch, owner=self._owner, needs_snapshot=_needs_snapshot
+            )
+            if not written:
+                await self._check_sequences(connection, batch)  # raises the precise error
+                raise ConcurrentModification(execution_id=batch[0][0].id, expected_sequence=-1)
+            return
         await self._check_sequences(connection, batch)
         progress = [{"b_id": state.id, **progress_columns(state)} for state, _ in batch]
         await connection.execute(_UPDATE_PROGRESS, progress)
@@ -505,18 +513,7 @@ async def _record_attempts(
     connection: AsyncConnection, dialect: str, events: Sequence[ExecutionEvent]
 ) -> None:
     """Keep `step_attempts` in step with the step events: one row per attempt."""
-    rows: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for event in events:
-        if event.step_status is None or event.attempt <= 0:
-            continue
-        if (
-            event.step_status is not StepStatus.RUNNING
-            and event.step_status not in _FINISHED_ATTEMPT
-        ):
-            continue
-        key = (event.execution_id, event.step_id, event.attempt)
-        row = rows.setdefault(key, _attempt_row(event))
-        row.update(_attempt_update(event))
+    rows = attempt_rows(events)
     if rows:
         statement = _upsert(dialect)(step_attempts)
         statement = statement.on_conflict_do_update(
@@ -528,35 +525,7 @@ async def _record_attempts(
                 "error_type": statement.excluded.error_type,
             },
         )
-        await connection.execute(statement, list(rows.values()))
-
-
-def _attempt_row(event: ExecutionEvent) -> dict[str, Any]:
-    return {
-        "execution_id": event.execution_id,
-        "step_id": event.step_id,
-        "attempt": event.attempt,
-        "action": event.action,
-        "status": StepStatus.RUNNING.value,
-        "started_at": event.timestamp
-        if event.step_status is StepStatus.RUNNING
-        else event.started_at,
-        "finished_at": None,
-        "duration_seconds": None,
-        "error_type": "",
-    }
-
-
-def _attempt_update(event: ExecutionEvent) -> dict[str, Any]:
-    assert event.step_status is not None
-    if event.step_status is StepStatus.RUNNING:
-        return {}
-    return {
-        "status": event.step_status.value,
-        "finished_at": event.timestamp,
-        "duration_seconds": event.duration,
-        "error_type": event.error.type if event.error else "",
-    }
+        await connection.execute(statement, rows)
 
 
 @functools.cache
