@@ -11,18 +11,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import uuid
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
-
 from engine_service.core import references
 from engine_service.core.actions import ActionContext, ActionError, UnknownAction
-from engine_service.core.conditions import evaluate_condition
-from engine_service.core.errors import ConditionError, IllegalTransition
+from engine_service.core.errors import IllegalTransition
+from engine_service.core.execution_events import ExecutionEvents
 from engine_service.core.model import FailurePolicy, StepDefinition, WorkflowDefinition
 from engine_service.core.retry import backoff_delay, is_retryable
 from engine_service.core.state import (
@@ -36,6 +33,15 @@ from engine_service.core.state import (
     StepStatus,
     apply,
 )
+from engine_service.core.step_decisions import (
+    AttemptOutcome,
+    RunStep,
+    SettleStep,
+    StepDecisions,
+    failed_outcome,
+    missing_input_failure,
+    schema_problem,
+)
 
 if TYPE_CHECKING:
     from engine_service.core.engine import Engine
@@ -46,30 +52,6 @@ ES = ExecutionStatus
 SS = StepStatus
 
 
-@dataclass(frozen=True, slots=True)
-class _Run:
-    parameters: Any
-    secret_values: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class _Settle:
-    """End the step without running it: SKIPPED, FAILED or PAUSED."""
-
-    status: StepStatus
-    error: Failure | None = None
-    missing_inputs: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    status: StepStatus
-    output: Any = None
-    error: Failure | None = None
-    retryable: bool = False
-    duration: float = 0.0
-
-
 class ExecutionRunner:
     def __init__(
         self, engine: Engine, definition: WorkflowDefinition, state: ExecutionState
@@ -77,6 +59,8 @@ class ExecutionRunner:
         self._engine = engine
         self._definition = definition
         self._state = state
+        self._events = ExecutionEvents(definition, engine.clock)
+        self._decisions = StepDecisions(definition, engine.secrets)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()
         self._running_gate = asyncio.Event()
@@ -88,8 +72,6 @@ class ExecutionRunner:
         # An unexpected error in a step task: the runner stops, as if the process had died.
         self._crash: BaseException | None = None
         self.finished = asyncio.Event()
-        self._view: dict[str, Any] = {}
-        self._view_of: ExecutionState | None = None
         if state.status is not ES.PAUSED:
             self._running_gate.set()
 
@@ -115,16 +97,18 @@ class ExecutionRunner:
         async with self._lock:
             if self._state.status is ES.RUNNING and not self._closing:
                 self._running_gate.clear()
-                await self._commit_locked([self._execution_event(ES.PAUSED)])
+                await self._commit_locked([self._events.execution_event(self._state, ES.PAUSED)])
                 return self._state
         raise self._refusal(ES.PAUSED)
 
     async def resume(self, inputs: Mapping[str, Any]) -> ExecutionState:
         async with self._lock:
             if self._state.status is ES.PAUSED and not self._closing:
-                events = [self._execution_event(ES.RUNNING, inputs=dict(inputs))]
+                events = [
+                    self._events.execution_event(self._state, ES.RUNNING, inputs=dict(inputs))
+                ]
                 events += [
-                    self._step_event(step_id, SS.PENDING)
+                    self._events.step_event(self._state, step_id, SS.PENDING)
                     for step_id, step in self._state.steps.items()
                     if step.status is SS.PAUSED
                 ]
@@ -163,7 +147,7 @@ class ExecutionRunner:
 
     async def _run(self) -> None:
         if self._state.status is ES.PENDING:
-            await self._commit([self._execution_event(ES.RUNNING)])
+            await self._commit([self._events.execution_event(self._state, ES.RUNNING)])
         await self._recover_steps()
         deadline = self._deadline()
         while not self._state.status.is_terminal:
@@ -216,14 +200,14 @@ class ExecutionRunner:
             return await self._try_complete()
 
     async def _start_ready_steps(self) -> None:
-        waiting: list[tuple[StepDefinition, _Settle]] = []
+        waiting: list[tuple[StepDefinition, SettleStep]] = []
         for step in self._definition.steps:
             if self._failure is not None:
                 return
             if not self._is_ready(step):
                 continue
-            decision = self._decide(step)
-            if isinstance(decision, _Run):
+            decision = self._decisions.decide(self._state, step)
+            if isinstance(decision, RunStep):
                 # Once a step waits for inputs the run pauses: nothing new starts.
                 if not waiting and self._has_capacity():
                     self._launch(step, decision)
@@ -247,96 +231,33 @@ class ExecutionRunner:
         limit = self._definition.max_concurrent_steps or self._engine.config.max_steps_per_execution
         return limit <= 0 or len(self._tasks) < limit
 
-    def _decide(self, step: StepDefinition) -> _Run | _Settle:
-        activation = self._activation()
-        try:
-            if not self._any_upstream_taken(step, activation):
-                return _Settle(SS.SKIPPED)
-            if step.when and not evaluate_condition(step.when, activation):
-                return _Settle(SS.SKIPPED)
-        except ConditionError as exc:
-            return _Settle(SS.FAILED, Failure("ConditionError", str(exc)))
-        return self._resolve(step, step.parameters, step.input_schema)
-
-    def _any_upstream_taken(self, step: StepDefinition, activation: Mapping[str, Any]) -> bool:
-        if not step.depends_on:
-            return True
-        for dep_id in step.depends_on:
-            dep = self._state.steps[dep_id]
-            reached = dep.status is SS.COMPLETED or (
-                dep.status in FAILED_STEP_STATUSES and self._continues(dep_id)
-            )
-            condition = step.edge_conditions.get(dep_id)
-            if reached and (not condition or evaluate_condition(condition, activation)):
-                return True
-        return False
-
-    def _continues(self, step_id: str) -> bool:
-        return (
-            self._definition.step(step_id).continue_on_error
-            or self._definition.on_failure is FailurePolicy.CONTINUE
-        )
-
-    def _resolve(
-        self, step: StepDefinition, parameters: Any, schema: Mapping[str, Any] | None
-    ) -> _Run | _Settle:
-        resolution = references.resolve(
-            parameters,
-            inputs=self._state.inputs,
-            steps=self._step_view(),
-            secrets=self._engine.secrets,
-        )
-        if resolution.missing_steps:
-            missing = ", ".join(resolution.missing_steps)
-            return _Settle(SS.FAILED, Failure("UnresolvedReference", f"cannot resolve {missing}"))
-        if resolution.missing_secrets:
-            missing = ", ".join(resolution.missing_secrets)
-            return _Settle(SS.FAILED, Failure("SecretNotFound", f"no secret for {missing}"))
-        if resolution.missing_inputs:
-            return _Settle(SS.PAUSED, missing_inputs=resolution.missing_inputs)
-        problem = _schema_problem(resolution.value, schema)
-        if problem is not None:
-            message = references.redact(problem, resolution.secret_values)
-            return _Settle(SS.FAILED, Failure("InputValidationError", message))
-        return _Run(resolution.value, resolution.secret_values)
-
-    def _activation(self) -> dict[str, Any]:
-        return {"inputs": dict(self._state.inputs), "steps": self._step_view()}
-
-    def _step_view(self) -> dict[str, Any]:
-        """What conditions and references see of the steps; read-only, so it is built
-        once per committed state (it was the largest cost per step in a profile)."""
-        if self._view_of is not self._state:
-            self._view = {
-                step_id: {"output": step.output, "status": step.status.value}
-                for step_id, step in self._state.steps.items()
-            }
-            self._view_of = self._state
-        return self._view
-
-    async def _settle_without_running(self, step: StepDefinition, decision: _Settle) -> None:
+    async def _settle_without_running(self, step: StepDefinition, decision: SettleStep) -> None:
         """SKIPPED or FAILED before running; the caller holds the commit lock."""
         await self._commit_locked(
-            [self._step_event(step.id, decision.status, error=decision.error)]
+            [self._events.step_event(self._state, step.id, decision.status, error=decision.error)]
         )
         if decision.status is SS.FAILED:
             self._after_final_failure(step.id)
 
-    async def _pause_for_inputs(self, waiting: Sequence[tuple[StepDefinition, _Settle]]) -> None:
+    async def _pause_for_inputs(self, waiting: Sequence[tuple[StepDefinition, SettleStep]]) -> None:
         """Pause the steps and the run; the run's event names every missing input."""
         events = [
-            self._step_event(step.id, SS.PAUSED, missing=decision.missing_inputs)
+            self._events.step_event(
+                self._state, step.id, SS.PAUSED, missing=decision.missing_inputs
+            )
             for step, decision in waiting
         ]
         missing = {name for _, decision in waiting for name in decision.missing_inputs}
         missing.update(self._state.missing_inputs)
         self._running_gate.clear()
-        events.append(self._execution_event(ES.PAUSED, missing=tuple(sorted(missing))))
+        events.append(
+            self._events.execution_event(self._state, ES.PAUSED, missing=tuple(sorted(missing)))
+        )
         await self._commit_locked(events)
 
     # ---- running a step --------------------------------------------------------------
 
-    def _launch(self, step: StepDefinition, run: _Run) -> None:
+    def _launch(self, step: StepDefinition, run: RunStep) -> None:
         task = asyncio.create_task(self._drive_step(step, run), name=f"step:{step.id}")
         self._tasks[step.id] = task
         task.add_done_callback(functools.partial(self._step_task_done, step.id))
@@ -347,7 +268,7 @@ class ExecutionRunner:
             self._crash = task.exception()
         self._wake()
 
-    async def _drive_step(self, step: StepDefinition, run: _Run) -> None:
+    async def _drive_step(self, step: StepDefinition, run: RunStep) -> None:
         current = self._state.steps[step.id]
         attempt = current.attempt
         if current.status is SS.RETRYING:
@@ -365,7 +286,9 @@ class ExecutionRunner:
             await asyncio.sleep(delay)
         await self._finish_attempts(step, attempt, outcome)
 
-    async def _attempt(self, step: StepDefinition, run: _Run, attempt: int) -> _Outcome | None:
+    async def _attempt(
+        self, step: StepDefinition, run: RunStep, attempt: int
+    ) -> AttemptOutcome | None:
         """Run one attempt once the run lets steps start; None if the run is ending.
 
         While the run is paused the attempt waits without holding an engine slot.
@@ -388,27 +311,22 @@ class ExecutionRunner:
         async with self._lock:
             if self._state.status is not ES.RUNNING or self._stopping:
                 return False
-            await self._commit_locked([self._step_event(step.id, SS.RUNNING, attempt=attempt)])
+            await self._commit_locked(
+                [self._events.step_event(self._state, step.id, SS.RUNNING, attempt=attempt)]
+            )
             return True
 
     async def _invoke(
         self,
         step: StepDefinition,
         action_name: str,
-        run: _Run,
+        run: RunStep,
         attempt: int,
         output_schema: Mapping[str, Any] | None,
-    ) -> _Outcome:
+    ) -> AttemptOutcome:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        context = ActionContext(
-            execution_id=self._state.id,
-            step_id=step.id,
-            attempt=attempt,
-            tenant=self._state.tenant,
-            workflow_id=self._state.workflow_id,
-            activation=self._activation(),
-        )
+        context = self._action_context(step, attempt)
         try:
             action = self._engine.actions.get(action_name)
             async with asyncio.timeout(step.timeout):
@@ -416,14 +334,14 @@ class ExecutionRunner:
         except TimeoutError:
             failure = Failure("TimeoutError", f"attempt exceeded {step.timeout}s")
             retryable = is_retryable(step.retry, failure.type, True)
-            return _failed(SS.TIMED_OUT, failure, retryable=retryable, started=started)
+            return failed_outcome(SS.TIMED_OUT, failure, retryable=retryable, started=started)
         except UnknownAction as exc:
             failure = Failure("UnknownAction", str(exc))
-            return _failed(SS.FAILED, failure, retryable=False, started=started)
+            return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
         except ActionError as exc:
             failure = Failure(exc.error_type, references.redact(str(exc), run.secret_values))
             retryable = is_retryable(step.retry, exc.error_type, exc.retryable)
-            return _failed(SS.FAILED, failure, retryable=retryable, started=started)
+            return failed_outcome(SS.FAILED, failure, retryable=retryable, started=started)
         except Exception as exc:  # an action's bug is the step's failure, not the engine's
             failure = Failure(type(exc).__name__, references.redact(str(exc), run.secret_values))
             # A traceback would show the raw message: only when no secret could be in it.
@@ -436,13 +354,23 @@ class ExecutionRunner:
                 exc_info=not run.secret_values,
             )
             retryable = is_retryable(step.retry, failure.type, True)
-            return _failed(SS.FAILED, failure, retryable=retryable, started=started)
+            return failed_outcome(SS.FAILED, failure, retryable=retryable, started=started)
         output = references.redact(output, run.secret_values)
-        problem = _schema_problem(output, output_schema)
+        problem = schema_problem(output, output_schema)
         if problem is not None:
             failure = Failure("OutputValidationError", problem)
-            return _failed(SS.FAILED, failure, retryable=False, started=started)
-        return _Outcome(SS.COMPLETED, output=output, duration=loop.time() - started)
+            return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
+        return AttemptOutcome(SS.COMPLETED, output=output, duration=loop.time() - started)
+
+    def _action_context(self, step: StepDefinition, attempt: int) -> ActionContext:
+        return ActionContext(
+            execution_id=self._state.id,
+            step_id=step.id,
+            attempt=attempt,
+            tenant=self._state.tenant,
+            workflow_id=self._state.workflow_id,
+            activation=self._decisions.activation(self._state),
+        )
 
     async def _sleep_until_retry(self, step: StepState) -> None:
         if step.next_attempt_at is not None:
@@ -450,17 +378,21 @@ class ExecutionRunner:
             await asyncio.sleep(max(0.0, remaining))
 
     async def _commit_retrying(
-        self, step: StepDefinition, attempt: int, outcome: _Outcome, delay: float
+        self, step: StepDefinition, attempt: int, outcome: AttemptOutcome, delay: float
     ) -> None:
         next_at = self._engine.clock.now() + timedelta(seconds=delay)
         await self._commit(
             [
                 self._finished_event(step, attempt, outcome),
-                self._step_event(step.id, SS.RETRYING, attempt=attempt, next_attempt_at=next_at),
+                self._events.step_event(
+                    self._state, step.id, SS.RETRYING, attempt=attempt, next_attempt_at=next_at
+                ),
             ]
         )
 
-    async def _finish_attempts(self, step: StepDefinition, attempt: int, outcome: _Outcome) -> None:
+    async def _finish_attempts(
+        self, step: StepDefinition, attempt: int, outcome: AttemptOutcome
+    ) -> None:
         await self._commit([self._finished_event(step, attempt, outcome)])
         if step.fallback is None:
             self._after_final_failure(step.id)
@@ -469,17 +401,20 @@ class ExecutionRunner:
 
     async def _run_fallback(self, step: StepDefinition) -> None:
         assert step.fallback is not None
-        decision = self._resolve(step, step.fallback.parameters, None)
+        decision = self._decisions.resolve(self._state, step.fallback.parameters, None)
         attempt = self._state.steps[step.id].attempt
-        if isinstance(decision, _Settle):
-            outcome = _Outcome(SS.FAILED, error=decision.error or _missing(decision))
+        if isinstance(decision, SettleStep):
+            outcome = AttemptOutcome(
+                SS.FAILED, error=decision.error or missing_input_failure(decision)
+            )
         else:
             async with self._engine.step_slots:
                 outcome = await self._invoke(
                     step, step.fallback.action, decision, attempt, step.output_schema
                 )
         status = SS.COMPLETED if outcome.status is SS.COMPLETED else SS.FAILED
-        event = self._step_event(
+        event = self._events.step_event(
+            self._state,
             step.id,
             status,
             kind=EventKind.STEP_FALLBACK_FINISHED,
@@ -493,7 +428,7 @@ class ExecutionRunner:
             self._after_final_failure(step.id)
 
     def _after_final_failure(self, step_id: str) -> None:
-        if not self._continues(step_id) and self._failure is None:
+        if not self._decisions.continues(step_id) and self._failure is None:
             step = self._state.steps[step_id]
             error = step.error or Failure("StepFailed", "step failed")
             self._failure = (step_id, error)
@@ -506,7 +441,7 @@ class ExecutionRunner:
         for step in self._definition.steps:
             current = self._state.steps[step.id]
             if current.status is SS.RUNNING:
-                lost = _Outcome(
+                lost = AttemptOutcome(
                     SS.FAILED, error=Failure("EngineRestarted", "the engine stopped mid-attempt")
                 )
                 await self._recover_lost_attempt(step, current, lost)
@@ -519,7 +454,7 @@ class ExecutionRunner:
                     self._after_final_failure(step.id)
 
     async def _recover_lost_attempt(
-        self, step: StepDefinition, current: StepState, lost: _Outcome
+        self, step: StepDefinition, current: StepState, lost: AttemptOutcome
     ) -> None:
         """The attempt that was running when the engine died runs again, at once.
 
@@ -531,14 +466,14 @@ class ExecutionRunner:
         self._launch_recovered(step)
 
     def _launch_recovered(self, step: StepDefinition) -> None:
-        decision = self._resolve(step, step.parameters, step.input_schema)
-        if isinstance(decision, _Run):
+        decision = self._decisions.resolve(self._state, step.parameters, step.input_schema)
+        if isinstance(decision, RunStep):
             self._launch(step, decision)
         else:
             self._after_failed_recovery(step, decision)
 
-    def _after_failed_recovery(self, step: StepDefinition, decision: _Settle) -> None:
-        error = decision.error or _missing(decision)
+    def _after_failed_recovery(self, step: StepDefinition, decision: SettleStep) -> None:
+        error = decision.error or missing_input_failure(decision)
         self._failure = self._failure or (step.id, error)
         self._wake()
 
@@ -552,7 +487,7 @@ class ExecutionRunner:
             return False
         failed = any(s.status in FAILED_STEP_STATUSES for s in self._state.steps.values())
         self._ending = ES.COMPLETED_WITH_ERRORS if failed else ES.COMPLETED
-        await self._commit_locked([self._execution_event(self._ending)])
+        await self._commit_locked([self._events.execution_event(self._state, self._ending)])
         self._running_gate.set()
         return True
 
@@ -569,13 +504,13 @@ class ExecutionRunner:
             status, error = ES.CANCELLED, Failure("Cancelled", self._cancel_reason)
         self._ending = status
         await self._stop_unsettled_steps()
-        await self._commit([self._execution_event(status, error=error)])
+        await self._commit([self._events.execution_event(self._state, status, error=error)])
         self._running_gate.set()
 
     async def _stop_unsettled_steps(self) -> None:
         await self._cancel_tasks()
         events = [
-            self._step_event(step_id, SS.CANCELLED, attempt=step.attempt)
+            self._events.step_event(self._state, step_id, SS.CANCELLED, attempt=step.attempt)
             for step_id, step in self._state.steps.items()
             if not step.is_settled
         ]
@@ -595,15 +530,18 @@ class ExecutionRunner:
             step = self._definition.step(step_id)
             if step.compensate is None or self._state.steps[step_id].compensated:
                 continue
-            decision = self._resolve(step, step.compensate.parameters, None)
-            if isinstance(decision, _Settle):
-                outcome = _Outcome(SS.FAILED, error=decision.error or _missing(decision))
+            decision = self._decisions.resolve(self._state, step.compensate.parameters, None)
+            if isinstance(decision, SettleStep):
+                outcome = AttemptOutcome(
+                    SS.FAILED, error=decision.error or missing_input_failure(decision)
+                )
             else:
                 attempt = self._state.steps[step_id].attempt
                 outcome = await self._invoke(step, step.compensate.action, decision, attempt, None)
             await self._commit(
                 [
-                    self._step_event(
+                    self._events.step_event(
+                        self._state,
                         step_id,
                         SS.COMPLETED if outcome.status is SS.COMPLETED else SS.FAILED,
                         kind=EventKind.STEP_COMPENSATION_FINISHED,
@@ -633,82 +571,11 @@ class ExecutionRunner:
         if cancelled:
             raise asyncio.CancelledError
 
-    def _base_event(self, kind: EventKind) -> ExecutionEvent:
-        return ExecutionEvent(
-            event_id=str(uuid.uuid4()),
-            execution_id=self._state.id,
-            sequence=0,
-            timestamp=self._engine.clock.now(),
-            kind=kind,
-            tenant=self._state.tenant,
-            workflow_id=self._state.workflow_id,
-            workflow_version=self._state.workflow_version,
-            parent_execution_id=self._state.parent_execution_id,
-        )
-
-    def _execution_event(
-        self,
-        status: ExecutionStatus,
-        *,
-        error: Failure | None = None,
-        inputs: Mapping[str, Any] | None = None,
-        missing: tuple[str, ...] | None = None,
-    ) -> ExecutionEvent:
-        if status is ES.PAUSED and missing is None:
-            missing = self._state.missing_inputs
-        event = replace(
-            self._base_event(EventKind.EXECUTION_STATUS_CHANGED),
-            execution_status=status,
-            error=error,
-            inputs=inputs,
-            missing_inputs=missing or (),
-        )
-        if status.is_terminal:
-            started = self._state.started_at or event.timestamp
-            event = replace(
-                event,
-                started_at=started,
-                duration=(event.timestamp - started).total_seconds(),
-                output=self._state.outputs or None,
-                estimated_time_saved=self._definition.estimated_time_saved,
-                business_value=self._definition.business_value,
-            )
-        return event
-
-    def _step_event(
-        self,
-        step_id: str,
-        status: StepStatus,
-        *,
-        kind: EventKind = EventKind.STEP_STATUS_CHANGED,
-        attempt: int = 0,
-        error: Failure | None = None,
-        output: Any = None,
-        duration: float | None = None,
-        missing: tuple[str, ...] = (),
-        next_attempt_at: Any = None,
-    ) -> ExecutionEvent:
-        step = self._definition.step(step_id)
-        current = self._state.steps[step_id]
-        return replace(
-            self._base_event(kind),
-            step_id=step_id,
-            step_status=status,
-            attempt=attempt or current.attempt,
-            action=step.action,
-            error=error,
-            output=output,
-            duration=duration,
-            started_at=current.started_at if status is not SS.RUNNING else None,
-            missing_inputs=missing,
-            next_attempt_at=next_attempt_at,
-            depends_on=step.depends_on,
-        )
-
     def _finished_event(
-        self, step: StepDefinition, attempt: int, outcome: _Outcome
+        self, step: StepDefinition, attempt: int, outcome: AttemptOutcome
     ) -> ExecutionEvent:
-        return self._step_event(
+        return self._events.step_event(
+            self._state,
             step.id,
             outcome.status,
             attempt=attempt,
@@ -716,28 +583,6 @@ class ExecutionRunner:
             output=outcome.output,
             duration=outcome.duration,
         )
-
-
-def _failed(status: StepStatus, error: Failure, *, retryable: bool, started: float) -> _Outcome:
-    duration = asyncio.get_running_loop().time() - started
-    return _Outcome(status, error=error, retryable=retryable, duration=duration)
-
-
-def _missing(decision: _Settle) -> Failure:
-    names = ", ".join(decision.missing_inputs) or "a value"
-    return Failure("MissingInput", f"needs {names}")
-
-
-def _schema_problem(value: Any, schema: Mapping[str, Any] | None) -> str | None:
-    if not schema:
-        return None
-    error = jsonschema.exceptions.best_match(
-        jsonschema.validators.validator_for(schema)(schema).iter_errors(value)
-    )
-    if error is None:
-        return None
-    where = "/".join(str(p) for p in error.absolute_path)
-    return f"{where or '(root)'}: {error.message}"
 
 
 async def _finish_even_if_cancelled(awaitable: Awaitable[None]) -> bool:
