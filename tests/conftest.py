@@ -8,7 +8,6 @@ dropped afterwards. Under CI=true an unreachable server fails the test instead o
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import uuid
 import warnings
@@ -109,14 +108,20 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _close_the_loop_looptime_opens_for_sync_tests(request: pytest.FixtureRequest) -> Iterator[None]:
-    """looptime's call hook asks the loop policy for the current loop even in sync tests,
-    which creates one when an async test left none; never closed, it is collected in some
+def _close_the_loop_looptime_leaves_behind() -> Iterator[None]:
+    """Close the event loop the policy still holds once a test and its fixtures are done.
+
+    Sync tests: looptime's call hook asks the loop policy for the current loop, which
+    creates one when none is set. Async tests: pytest-asyncio's runner, on the way out,
+    puts back whatever loop was current when it started (such a loop, or one its own
+    lookup created) and leaves it open. Never closed, such a loop is collected in some
     later test as an "unclosed event loop" ResourceWarning, which `filterwarnings = error`
-    turns into that test's failure. Close it right after the sync test that made it."""
+    turns into that test's failure. Autouse in the root conftest, this fixture is set up
+    before pytest-asyncio's runner and so torn down after the runner has closed the test's
+    own loop. It assumes function-scoped loops (`asyncio_default_fixture_loop_scope`): a
+    wider-scoped loop, idle between tests, would be closed too.
+    """
     yield
-    if inspect.iscoroutinefunction(request.function):
-        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         policy = asyncio.get_event_loop_policy()

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,22 +16,6 @@ from stepstream.v1 import analytics_pb2_grpc
 from analytics_service.main import RunningService, start
 from analytics_service.settings import AnalyticsSettings
 from tests.unit.analytics.builders import T0
-
-
-@pytest.fixture(autouse=True)
-def close_leaked_event_loops() -> Iterator[None]:
-    """Close event loops left unclosed once the test and its fixtures are done.
-
-    looptime's pytest hook asks the policy for an event loop during each async test and so
-    creates one that nobody closes; collected later, mid-session, its ResourceWarning would
-    fail an unrelated test under `filterwarnings = error`. Being autouse, this fixture is torn
-    down after pytest-asyncio has closed the test's own loop.
-    """
-    yield
-    for candidate in gc.get_objects():
-        is_loop = isinstance(candidate, asyncio.AbstractEventLoop)
-        if is_loop and not candidate.is_closed() and not candidate.is_running():
-            candidate.close()
 
 
 class ManualClock:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 import urllib.request
-from pathlib import Path
 
 import grpc
 import pytest
@@ -26,8 +25,7 @@ from tests.integration.engine.helpers import (
     rpc_error,
     run_to_end,
 )
-
-README = Path(__file__).resolve().parents[3] / "README.md"
+from tests.readme_settings import settings_missing_from_readme
 
 
 async def test_health_reports_the_engine_serving_until_shutdown(harness: Harness) -> None:
@@ -148,12 +146,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Configuration", 1)[1]
-    for name, field in EngineSettings.model_fields.items():
-        variable = field.validation_alias or f"STEPSTREAM_ENGINE_{name.upper()}"
-        assert f"`{variable}`" in section, f"{variable} is not in README's Configuration"
-        assert field.description, f"{name} has no description"
+    assert settings_missing_from_readme(EngineSettings, "### Engine") == []
 
 
 def _scrape(port: int) -> str:
