@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from analytics_service.core.events import ExecutionEvent, derive_facts, unique_by_id
+from analytics_service.core.events import ExecutionEvent, unique_by_id
 from analytics_service.core.ports import Clock, Database
-from analytics_service.core.rollups import IngestLag, minute_of, rollup_deltas
+from analytics_service.core.rollups import IngestLag, minute_of
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,8 @@ class Ingestor:
         unique = unique_by_id(tuple(events))
         current = tuple(e for e in unique if not self._expired(e, now))
         async with self._database.transaction() as uow:
-            new_ids = await uow.events.record_new(current, now)
+            new_ids = await uow.ingest.store_new(current, now)
             new = tuple(e for e in current if e.event_id in new_ids)
-            stored = await uow.facts.add(derive_facts(new))
-            deltas = rollup_deltas(stored)
-            if not deltas.is_empty:
-                await uow.rollups.apply(deltas)
             lags = ingest_lags(new, now)
             if lags:
                 await uow.rollups.record_ingest_lag(minute_of(now), lags)

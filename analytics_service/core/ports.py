@@ -81,6 +81,12 @@ class EventLedger(Protocol):
     async def prune(self, before: datetime) -> int: ...
 
 
+class BatchIngest(Protocol):
+    async def store_new(self, events: Sequence[ExecutionEvent], now: datetime) -> set[str]:
+        """Record the events' ids, store the facts of the new ones and add the facts stored
+        now to the rollups; return the ids that were not known before."""
+
+
 class FactStore(Protocol):
     async def add(self, facts: Facts) -> Facts:
         """Store the facts; return those stored now (not known before)."""
@@ -151,6 +157,9 @@ class AlertStore(Protocol):
 class UnitOfWork(Protocol):
     @property
     def events(self) -> EventLedger: ...
+
+    @property
+    def ingest(self) -> BatchIngest: ...
 
     @property
     def facts(self) -> FactStore: ...

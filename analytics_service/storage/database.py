@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
 
 from analytics_service.core.errors import StorageError
 from analytics_service.storage.alert_store import SqlAlertStore
+from analytics_service.storage.batch_ingest import PostgresBatchIngest, StepwiseBatchIngest
 from analytics_service.storage.event_ledger import SqlEventLedger
 from analytics_service.storage.fact_store import SqlFactStore
 from analytics_service.storage.rollup_store import SqlRollupStore
@@ -34,6 +35,11 @@ class SqlUnitOfWork:
         self.facts = SqlFactStore(session)
         self.rollups = SqlRollupStore(session)
         self.alerts = SqlAlertStore(session)
+        self.ingest: PostgresBatchIngest | StepwiseBatchIngest = (
+            PostgresBatchIngest(session)
+            if session.get_bind().dialect.name == "postgresql"
+            else StepwiseBatchIngest(self.events, self.facts, self.rollups)
+        )
 
 
 def _is_transient(exc: DBAPIError) -> bool:
