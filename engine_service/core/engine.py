@@ -281,8 +281,7 @@ class Engine:
     ) -> ExecutionState:
         runner = await self._runner(execution_id, tenant, ExecutionStatus.CANCELLED)
         runner.request_cancel(reason)
-        await runner.finished.wait()
-        return runner.state
+        return await self.wait_for(execution_id)
 
     async def pause_execution(
         self, execution_id: str, *, tenant: str | None = None
@@ -301,11 +300,14 @@ class Engine:
         return await runner.resume(dict(inputs or {}))
 
     async def wait_for(self, execution_id: str) -> ExecutionState:
-        """The execution's state once it has ended (or stopped being driven here)."""
+        """The execution's committed state once it has ended (or stopped being driven here).
+
+        Read from the store: a runner that stopped on a failed write may hold state that
+        never became durable.
+        """
         runner = self._runners.get(execution_id)
         if runner is not None:
             await runner.finished.wait()
-            return runner.state
         return await self.store.get_execution(execution_id)
 
     # ---- called by runners -------------------------------------------------------

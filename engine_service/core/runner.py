@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -196,14 +196,22 @@ class ExecutionRunner:
         async with self._lock:
             if self._state.status is not ES.RUNNING or self._stopping:
                 return False
-            await self._start_ready_steps()
-            return await self._try_complete()
+            writes = self._start_ready_steps()
+            completion = self._try_complete()
+        for write in writes:
+            await _durable(write)
+        if completion is None:
+            return False
+        await _durable(completion)
+        return True
 
-    async def _start_ready_steps(self) -> None:
+    def _start_ready_steps(self) -> list[asyncio.Future[None]]:
+        """Launch or settle every ready step; the writes of what was settled."""
+        writes: list[asyncio.Future[None]] = []
         waiting: list[tuple[StepDefinition, SettleStep]] = []
         for step in self._definition.steps:
             if self._failure is not None:
-                return
+                return writes
             if not self._is_ready(step):
                 continue
             decision = self._decisions.decide(self._state, step)
@@ -214,9 +222,10 @@ class ExecutionRunner:
             elif decision.status is SS.PAUSED:
                 waiting.append((step, decision))
             else:
-                await self._settle_without_running(step, decision)
+                writes.append(self._settle_without_running(step, decision))
         if waiting:
-            await self._pause_for_inputs(waiting)
+            writes.append(self._pause_for_inputs(waiting))
+        return writes
 
     def _is_ready(self, step: StepDefinition) -> bool:
         current = self._state.steps[step.id]
@@ -231,15 +240,20 @@ class ExecutionRunner:
         limit = self._definition.max_concurrent_steps or self._engine.config.max_steps_per_execution
         return limit <= 0 or len(self._tasks) < limit
 
-    async def _settle_without_running(self, step: StepDefinition, decision: SettleStep) -> None:
+    def _settle_without_running(
+        self, step: StepDefinition, decision: SettleStep
+    ) -> asyncio.Future[None]:
         """SKIPPED or FAILED before running; the caller holds the commit lock."""
-        await self._commit_locked(
+        write = self._stage(
             [self._events.step_event(self._state, step.id, decision.status, error=decision.error)]
         )
         if decision.status is SS.FAILED:
             self._after_final_failure(step.id)
+        return write
 
-    async def _pause_for_inputs(self, waiting: Sequence[tuple[StepDefinition, SettleStep]]) -> None:
+    def _pause_for_inputs(
+        self, waiting: Sequence[tuple[StepDefinition, SettleStep]]
+    ) -> asyncio.Future[None]:
         """Pause the steps and the run; the run's event names every missing input."""
         events = [
             self._events.step_event(
@@ -253,7 +267,7 @@ class ExecutionRunner:
         events.append(
             self._events.execution_event(self._state, ES.PAUSED, missing=tuple(sorted(missing)))
         )
-        await self._commit_locked(events)
+        return self._stage(events)
 
     # ---- running a step --------------------------------------------------------------
 
@@ -311,10 +325,11 @@ class ExecutionRunner:
         async with self._lock:
             if self._state.status is not ES.RUNNING or self._stopping:
                 return False
-            await self._commit_locked(
+            write = self._stage(
                 [self._events.step_event(self._state, step.id, SS.RUNNING, attempt=attempt)]
             )
-            return True
+        await _durable(write)  # the action starts only once RUNNING is durable
+        return True
 
     async def _invoke(
         self,
@@ -479,17 +494,17 @@ class ExecutionRunner:
 
     # ---- ending the execution --------------------------------------------------------
 
-    async def _try_complete(self) -> bool:
-        """Commit COMPLETED(_WITH_ERRORS) when every step settled; the caller holds the lock."""
+    def _try_complete(self) -> asyncio.Future[None] | None:
+        """Stage COMPLETED(_WITH_ERRORS) once every step settled; the caller holds the lock."""
         if self._tasks or self._stopping:
-            return False
+            return None
         if not all(s.is_settled for s in self._state.steps.values()):
-            return False
+            return None
         failed = any(s.status in FAILED_STEP_STATUSES for s in self._state.steps.values())
         self._ending = ES.COMPLETED_WITH_ERRORS if failed else ES.COMPLETED
-        await self._commit_locked([self._events.execution_event(self._state, self._ending)])
+        write = self._stage([self._events.execution_event(self._state, self._ending)])
         self._running_gate.set()
-        return True
+        return write
 
     async def _finish_failed(self, step_id: str, error: Failure) -> None:
         self._ending = ES.FAILED
@@ -556,20 +571,40 @@ class ExecutionRunner:
 
     async def _commit(self, events: Sequence[ExecutionEvent]) -> None:
         async with self._lock:
-            await self._commit_locked(events)
+            write = self._stage(events)
+        await _durable(write)
 
     async def _commit_locked(self, events: Sequence[ExecutionEvent]) -> None:
+        """Commit while holding the lock, through to durability (the rare commands)."""
+        await _durable(self._stage(events))
+
+    def _stage(self, events: Sequence[ExecutionEvent]) -> asyncio.Future[None]:
+        """Number and apply `events` now, and start writing them; the write is awaited
+        apart, so one execution's commits pipeline instead of waiting for each other.
+
+        Staging is synchronous, so whatever a caller decided under the lock and staged
+        stays atomic. Writes reach the store in staging order, and the events are
+        published only once durable, in order (from the write's completion callback).
+        """
         numbered = []
         state = self._state
         for offset, event in enumerate(events, start=1):
             event = replace(event, sequence=self._state.last_sequence + offset)
             state = apply(state, event)
             numbered.append(event)
-        cancelled = await _finish_even_if_cancelled(self._engine.store.append(state, numbered))
         self._state = state
-        self._engine.committed(state, numbered)
-        if cancelled:
-            raise asyncio.CancelledError
+        write = asyncio.ensure_future(self._engine.store.append(state, numbered))
+        write.add_done_callback(functools.partial(self._written, state, numbered))
+        return write
+
+    def _written(
+        self,
+        state: ExecutionState,
+        numbered: Sequence[ExecutionEvent],
+        write: asyncio.Future[None],
+    ) -> None:
+        if not write.cancelled() and write.exception() is None:
+            self._engine.committed(state, numbered)
 
     def _finished_event(
         self, step: StepDefinition, attempt: int, outcome: AttemptOutcome
@@ -585,16 +620,14 @@ class ExecutionRunner:
         )
 
 
-async def _finish_even_if_cancelled(awaitable: Awaitable[None]) -> bool:
-    """Runs `awaitable` to the end even if the caller is cancelled; True if it was.
+async def _durable(write: asyncio.Future[None]) -> None:
+    """Waits until a staged write is durable, even if the caller is cancelled meanwhile.
 
-    A commit that reached the store must also reach memory, or the next commit would
-    conflict; the caller re-raises the cancellation once memory is updated.
+    Memory already holds the staged state, so the write must finish (or fail, which
+    stops the runner); a cancellation is re-raised once it has.
     """
-    task = asyncio.ensure_future(awaitable)
     try:
-        await asyncio.shield(task)
+        await asyncio.shield(write)
     except asyncio.CancelledError:
-        await task
-        return True
-    return False
+        await write
+        raise

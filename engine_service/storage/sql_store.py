@@ -229,12 +229,12 @@ class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
 
     async def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> None:
         if events:
-            await self._committer.submit((state, events))
+            await self._committer.submit((state, events), key=state.id)
 
     async def _write_appends(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
         """One batch of appends: a fixed number of round trips, whatever its size."""
-        unique = len({state.id for state, _ in batch}) == len(batch)
-        if self.dialect == "postgresql" and unique:
+        batch = _merged(batch)
+        if self.dialect == "postgresql":
             written = await append_batch(
                 connection, batch, owner=self._owner, needs_snapshot=_needs_snapshot
             )
@@ -442,6 +442,15 @@ _NOTIFY = text(
     "AS payload"
 )
 NOTIFY_CHANNEL = "stepstream_events"
+
+
+def _merged(batch: Sequence[Append]) -> list[Append]:
+    """One append per execution: consecutive appends of one execution are contiguous."""
+    merged: dict[str, Append] = {}
+    for state, events in batch:
+        earlier = merged.get(state.id)
+        merged[state.id] = (state, [*earlier[1], *events] if earlier else list(events))
+    return list(merged.values())
 
 
 def _events_after_snapshot(row: Any) -> Any:
