@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from analytics_service.core.histogram import Histogram
@@ -66,51 +68,135 @@ def _order_pair(item: tuple[tuple[RollupKey, Any], int]) -> tuple[Any, ...]:
     return (*_order(key), detail)
 
 
-def _selection(table: Table, query: RollupQuery) -> list[ColumnElement[bool]]:
-    conditions = [table.c.tenant == query.tenant, _coverage(table, query)]
-    if query.workflow_id is not None:
-        conditions.append(table.c.workflow_id == query.workflow_id)
-    if query.level is Level.EXECUTION:
-        conditions.append(table.c.step_id == EXECUTION_LEVEL)
-    elif query.step_id is not None:
-        conditions.append(table.c.step_id == query.step_id)
-    else:
-        conditions.append(table.c.step_id != EXECUTION_LEVEL)
-    return conditions
+@dataclass(frozen=True)
+class _Shape:
+    """What a RollupQuery's SQL depends on; its values travel as bound parameters.
+
+    Statements are built once per shape: constructing a SQLAlchemy select costs more Python
+    than the database spends summing a day of rollups.
+    """
+
+    has_workflow: bool
+    level: Level
+    has_step: bool
+    by_workflow: bool
+    by_step: bool
+    bucket_minutes: int
+    # The resolution of each (resolution, first minute, end minute) range read.
+    resolutions: tuple[int, ...]
 
 
-def _rows_of(table: Table, resolution: int, start: int, end: int) -> ColumnElement[bool]:
-    return and_(table.c.resolution == resolution, table.c.minute >= start, table.c.minute < end)
-
-
-def _coverage(table: Table, query: RollupQuery) -> ColumnElement[bool]:
+def _ranges(query: RollupQuery) -> list[tuple[int, int, int]]:
     """Hour rows for the whole hours of the range, minute rows for its edges.
 
     Minute series read minute rows only: an hour row would land in one minute's bucket.
+    Empty edges are left out, so an hour-aligned range is one index range, whatever the
+    planner's statistics say.
     """
     start, end = query.minutes.start, query.minutes.end
     first_hour = -(-start // HOUR_RESOLUTION) * HOUR_RESOLUTION
     last_hour = end // HOUR_RESOLUTION * HOUR_RESOLUTION
     by_minute = query.bucket_minutes and query.bucket_minutes % HOUR_RESOLUTION
     if by_minute or first_hour >= last_hour:
-        return _rows_of(table, MINUTE_RESOLUTION, start, end)
-    return or_(
-        _rows_of(table, HOUR_RESOLUTION, first_hour, last_hour),
-        _rows_of(table, MINUTE_RESOLUTION, start, first_hour),
-        _rows_of(table, MINUTE_RESOLUTION, last_hour, end),
+        return [(MINUTE_RESOLUTION, start, end)]
+    ranges = [
+        (HOUR_RESOLUTION, first_hour, last_hour),
+        (MINUTE_RESOLUTION, start, first_hour),
+        (MINUTE_RESOLUTION, last_hour, end),
+    ]
+    return [(resolution, low, high) for resolution, low, high in ranges if low < high]
+
+
+def _shape(query: RollupQuery, ranges: list[tuple[int, int, int]]) -> _Shape:
+    return _Shape(
+        has_workflow=query.workflow_id is not None,
+        level=query.level,
+        has_step=query.step_id is not None,
+        by_workflow=query.by_workflow,
+        by_step=query.by_step,
+        bucket_minutes=query.bucket_minutes,
+        resolutions=tuple(resolution for resolution, _, _ in ranges),
     )
 
 
-def _groups(table: Table, query: RollupQuery) -> list[ColumnElement[Any]]:
+def _parameters(query: RollupQuery, ranges: list[tuple[int, int, int]]) -> dict[str, Any]:
+    values: dict[str, Any] = {"tenant": query.tenant}
+    if query.workflow_id is not None:
+        values["workflow_id"] = query.workflow_id
+    if query.level is Level.STEP and query.step_id is not None:
+        values["step_id"] = query.step_id
+    for index, (_, low, high) in enumerate(ranges):
+        values[f"low_{index}"], values[f"high_{index}"] = low, high
+    return values
+
+
+def _selection(table: Table, shape: _Shape) -> list[ColumnElement[bool]]:
+    conditions = [table.c.tenant == bindparam("tenant"), _coverage(table, shape)]
+    if shape.has_workflow:
+        conditions.append(table.c.workflow_id == bindparam("workflow_id"))
+    if shape.level is Level.EXECUTION:
+        conditions.append(table.c.step_id == EXECUTION_LEVEL)
+    elif shape.has_step:
+        conditions.append(table.c.step_id == bindparam("step_id"))
+    else:
+        conditions.append(table.c.step_id != EXECUTION_LEVEL)
+    return conditions
+
+
+def _coverage(table: Table, shape: _Shape) -> ColumnElement[bool]:
+    ranges = [
+        and_(
+            table.c.resolution == resolution,
+            table.c.minute >= bindparam(f"low_{index}"),
+            table.c.minute < bindparam(f"high_{index}"),
+        )
+        for index, resolution in enumerate(shape.resolutions)
+    ]
+    return ranges[0] if len(ranges) == 1 else or_(*ranges)
+
+
+def _groups(table: Table, shape: _Shape) -> list[ColumnElement[Any]]:
     """workflow, step and bucket expressions, constant where the query does not group."""
     bucket: ColumnElement[Any] = literal(0)
-    if query.bucket_minutes:
-        bucket = (table.c.minute // query.bucket_minutes) * query.bucket_minutes
+    if shape.bucket_minutes:
+        bucket = (table.c.minute // shape.bucket_minutes) * shape.bucket_minutes
     return [
-        table.c.workflow_id if query.by_workflow else literal(""),
-        table.c.step_id if query.by_step else literal(""),
+        table.c.workflow_id if shape.by_workflow else literal(""),
+        table.c.step_id if shape.by_step else literal(""),
         bucket,
     ]
+
+
+@functools.lru_cache(maxsize=256)
+def _counts_statement(shape: _Shape) -> Select[Any]:
+    groups = _groups(rollups, shape)
+    return (
+        select(
+            *groups,
+            *(func.sum(rollups.c[name]).label(name) for name in (*_COUNTERS, *_SUMS)),
+            func.min(rollups.c.duration_min).label("duration_min"),
+            func.max(rollups.c.duration_max).label("duration_max"),
+            func.max(rollups.c.action).label("action"),
+        )
+        .where(*_selection(rollups, shape))
+        .group_by(*groups)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _detail_statement(table: Table, detail: str, shape: _Shape) -> Select[Any]:
+    """Counts per group and per `detail` (histogram bucket or error type)."""
+    groups = _groups(table, shape)
+    return (
+        select(*groups, table.c[detail], func.sum(table.c.count))
+        .where(*_selection(table, shape))
+        .group_by(*groups, table.c[detail])
+    )
+
+
+def _prepared(query: RollupQuery) -> tuple[_Shape, dict[str, Any]]:
+    ranges = _ranges(query)
+    return _shape(query, ranges), _parameters(query, ranges)
 
 
 def _group_key(row: Any) -> GroupKey:
@@ -181,45 +267,24 @@ class SqlRollupStore:
         )
 
     async def counts(self, query: RollupQuery) -> dict[GroupKey, RollupCounts]:
-        groups = _groups(rollups, query)
-        statement = (
-            select(
-                *groups,
-                *(func.sum(rollups.c[name]).label(name) for name in (*_COUNTERS, *_SUMS)),
-                func.min(rollups.c.duration_min).label("duration_min"),
-                func.max(rollups.c.duration_max).label("duration_max"),
-                func.max(rollups.c.action).label("action"),
-            )
-            .where(*_selection(rollups, query))
-            .group_by(*groups)
-        )
-        result = await self._session.execute(statement)
+        shape, parameters = _prepared(query)
+        result = await self._session.execute(_counts_statement(shape), parameters)
         return {_group_key(row): _counts(row) for row in result}
 
     async def histograms(self, query: RollupQuery) -> dict[GroupKey, Histogram]:
-        groups = _groups(rollup_histograms, query)
-        bucket = rollup_histograms.c.bucket
-        statement = (
-            select(*groups, bucket, func.sum(rollup_histograms.c.count))
-            .where(*_selection(rollup_histograms, query))
-            .group_by(*groups, bucket)
-        )
+        shape, parameters = _prepared(query)
+        statement = _detail_statement(rollup_histograms, "bucket", shape)
         # Thousands of bucket rows share a handful of groups: key by the raw tuple first.
         collected: dict[tuple[Any, ...], dict[int, int]] = {}
-        for row in await self._session.execute(statement):
+        for row in await self._session.execute(statement, parameters):
             collected.setdefault(tuple(row[:3]), {})[int(row[3])] = int(row[4])
         return {_group_key(group): Histogram(counts) for group, counts in collected.items()}
 
     async def errors(self, query: RollupQuery) -> dict[GroupKey, dict[str, int]]:
-        groups = _groups(rollup_errors, query)
-        error_type = rollup_errors.c.error_type
-        statement = (
-            select(*groups, error_type, func.sum(rollup_errors.c.count))
-            .where(*_selection(rollup_errors, query))
-            .group_by(*groups, error_type)
-        )
+        shape, parameters = _prepared(query)
+        statement = _detail_statement(rollup_errors, "error_type", shape)
         collected: dict[GroupKey, dict[str, int]] = {}
-        for row in await self._session.execute(statement):
+        for row in await self._session.execute(statement, parameters):
             collected.setdefault(_group_key(row), {})[row[3]] = int(row[4])
         return collected
 
