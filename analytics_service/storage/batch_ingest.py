@@ -1,8 +1,9 @@
 """A batch of events into the ledger, the facts and the rollups: per dialect.
 
 On Postgres the whole batch is one statement. The events travel once, as one array per
-column, and data-modifying CTEs record their ids, insert the facts of the new ones and add
-exactly the facts inserted now to the minute and hour rollups, histograms and error counts.
+column, and data-modifying CTEs record their ids, insert the facts of the new ones (in the
+batch's order, as the stepwise path does) and add exactly the facts inserted now to the
+minute and hour rollups, histograms and error counts.
 Per batch that is one round trip and no per-fact Python beyond building the arrays.
 
 On SQLite (the embedded default) the same happens in steps: ledger, facts, deltas folded
@@ -141,22 +142,23 @@ _INGEST = text(
     f"""
 WITH batch AS (
     SELECT * FROM unnest({", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _BATCH)})
-        AS b({", ".join(name for name, _ in _BATCH)})
+        WITH ORDINALITY AS b({", ".join(name for name, _ in _BATCH)}, position)
 ), new_events AS (
     INSERT INTO ingested_events (event_id, tenant, workflow_id, occurred_at, ingested_at)
     SELECT event_id, tenant, workflow_id, occurred_at, CAST(:now AS timestamptz) FROM batch
+    ORDER BY position
     ON CONFLICT DO NOTHING RETURNING event_id
 ), fresh AS (
     SELECT batch.* FROM batch JOIN new_events USING (event_id)
 ), new_steps AS (
     INSERT INTO step_facts ({_STEP_FACT_COLUMNS})
     SELECT {_STEP_FACT_COLUMNS.replace("finished_at", "occurred_at")}
-    FROM fresh WHERE fact = {_STEP_FACT}
+    FROM fresh WHERE fact = {_STEP_FACT} ORDER BY position
     ON CONFLICT DO NOTHING RETURNING execution_id, step_id, attempt
 ), new_executions AS (
     INSERT INTO execution_facts ({_EXECUTION_FACT_COLUMNS})
     SELECT {_EXECUTION_FACT_COLUMNS.replace("finished_at", "occurred_at")}
-    FROM fresh WHERE fact = {_EXECUTION_FACT}
+    FROM fresh WHERE fact = {_EXECUTION_FACT} ORDER BY position
     ON CONFLICT DO NOTHING RETURNING execution_id
 ), stored AS (
     SELECT fresh.* FROM fresh JOIN new_steps USING (execution_id, step_id, attempt)
@@ -253,8 +255,8 @@ def _row(event: ExecutionEvent) -> tuple[Any, ...]:
         event.started_at or occurred_at,
         seconds,
         _depends_on(event.depends_on),
-        max(event.estimated_time_saved_seconds, 0.0),
-        event.business_value,
+        max(event.estimated_time_saved_seconds, 0.0) if fact == _EXECUTION_FACT else 0.0,
+        event.business_value if fact == _EXECUTION_FACT else 0.0,
         event.parent_execution_id,
         minute,
         minute // HOUR_RESOLUTION * HOUR_RESOLUTION,

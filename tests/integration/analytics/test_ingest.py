@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TypeAlias
 
 import grpc
@@ -18,7 +21,7 @@ from stepstream.v1 import analytics_pb2, analytics_pb2_grpc, events_pb2
 from analytics_service.core.events import ExecutionEvent
 from tests.integration.analytics import scenario
 from tests.integration.analytics.wire import ingest, time_range
-from tests.unit.analytics.builders import T0
+from tests.unit.analytics.builders import T0, step_event
 
 Stub: TypeAlias = "analytics_pb2_grpc.AnalyticsServiceAsyncStub"
 EVERYTHING = time_range(T0.replace(hour=0), T0.replace(hour=23))
@@ -137,3 +140,15 @@ async def test_an_invalid_event_is_rejected_with_field_violations(stub: Stub) ->
         "batch[0].events[0].timestamp",
         "batch[0].events[0].step_id",
     }
+
+
+async def test_two_events_for_one_attempt_in_a_batch_keep_the_first_fact(stub: Stub) -> None:
+    first = step_event("e1", "charge", seconds=1.0)
+    # An id that sorts first: the order of the batch decides, not the order of the ids.
+    second = replace(first, event_id="a-replayed", duration_seconds=3.0)
+    response = await ingest(stub, [[first, second]])
+    assert (response.accepted, response.duplicates) == (2, 0)
+    export = stub.ExportCsv(analytics_pb2.ExportCsvRequest(range=EVERYTHING))
+    text = b"".join([chunk.chunk async for chunk in export]).decode()
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert [float(row["duration_seconds"]) for row in rows] == [1.0]
