@@ -16,6 +16,7 @@ from engine_service.metrics import EngineMetrics, MetricsEndpoint
 from engine_service.settings import EngineSettings
 from engine_service.storage import open_store
 from engine_service.transport.server import EngineServer, build_server
+from tests.integration.engine.servers import Secured, secured_server
 
 WATCH_BUFFER_EVENTS = 50
 
@@ -56,3 +57,10 @@ async def harness(database_url: str) -> AsyncIterator[Harness]:
         await server.stop(grace=1)
         endpoint.stop()
         await store.close()
+
+
+@pytest.fixture
+async def secured(database_url: str) -> AsyncIterator[Secured]:
+    """A server that takes bearer tokens (see `servers.TOKENS`), on SQLite then Postgres."""
+    async with secured_server(database_url) as server:
+        yield server

@@ -113,6 +113,21 @@ async def stream_error(
     return await rpc_error(drain())
 
 
+async def error_of(call: Any) -> aio.AioRpcError:
+    """The error a unary call or a response stream ends with."""
+    if isinstance(call, aio.UnaryStreamCall):
+        return await stream_error(call)
+    return await rpc_error(call)
+
+
+def masked(error: aio.AioRpcError, key: str) -> tuple[Any, str, bytes]:
+    """What a client can learn from an error, with the id it asked about blanked out."""
+    status = rpc_status.from_call(cast(Any, error))
+    assert status is not None
+    serialized = status.SerializeToString().replace(key.encode(), b"<key>")
+    return error.code(), (error.details() or "").replace(key, "<key>"), serialized
+
+
 def details_of(error: aio.AioRpcError, kind: type[T]) -> list[T]:
     status = rpc_status.from_call(cast(Any, error))
     assert status is not None, f"no google.rpc.Status details on {error.code()}"

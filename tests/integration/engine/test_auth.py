@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-import pytest
 from google.rpc import error_details_pb2
-from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 from stepstream.v1 import engine_pb2, engine_pb2_grpc, events_pb2, workflow_pb2
 
 from tests.integration.engine.helpers import (
@@ -27,52 +23,19 @@ from tests.integration.engine.helpers import (
     bounded,
     chain,
     details_of,
+    error_of,
     execution_status,
     first,
+    masked,
     rpc_error,
     stream_error,
     struct,
 )
-from tests.integration.engine.servers import serving
+from tests.integration.engine.servers import ALL, BC, A, B, Metadata, Secured, bearer
 
-Metadata = tuple[tuple[str, str], ...]
-TOKENS = (
-    '{"token-a": ["tenant-a"], "token-b": ["tenant-b"], '
-    '"token-bc": ["tenant-b", "tenant-c"], "token-all": ["*"]}'
-)
 LONG = {"seconds": 60}  # the step is still running when the test ends
 # Ids of equal length, so errors about either serialize to the same number of bytes.
 WORKFLOW, NO_WORKFLOW = "wf-alpha", "wf-omega"
-
-
-def bearer(token: str) -> Metadata:
-    return (("authorization", f"Bearer {token}"),)
-
-
-A, B, BC, ALL = bearer("token-a"), bearer("token-b"), bearer("token-bc"), bearer("token-all")
-
-
-@dataclass
-class Secured:
-    stub: engine_pb2_grpc.EngineServiceAsyncStub
-    channel: aio.Channel
-
-
-@pytest.fixture
-async def secured(database_url: str) -> AsyncIterator[Secured]:
-    async with serving(database_url, auth_tokens=TOKENS) as server:
-        channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
-        try:
-            yield Secured(engine_pb2_grpc.EngineServiceStub(channel), channel)
-        finally:
-            await channel.close(grace=None)
-
-
-async def error_of(call: Any) -> aio.AioRpcError:
-    """The error a unary call or a response stream ends with."""
-    if isinstance(call, aio.UnaryStreamCall):
-        return await stream_error(call)
-    return await rpc_error(call)
 
 
 def every_rpc(stub: engine_pb2_grpc.EngineServiceAsyncStub) -> dict[str, Callable[..., Any]]:
@@ -194,7 +157,7 @@ async def test_another_tenants_workflows_are_invisible(secured: Secured) -> None
             for name in (WORKFLOW, NO_WORKFLOW)
         ]
         assert hidden.code() is grpc.StatusCode.NOT_FOUND
-        assert _masked(hidden, WORKFLOW) == _masked(missing, NO_WORKFLOW)
+        assert masked(hidden, WORKFLOW) == masked(missing, NO_WORKFLOW)
         listed = await stub.ListWorkflows(
             engine_pb2.ListWorkflowsRequest(tenant="tenant-b", all_versions=True),
             metadata=caller,
@@ -261,7 +224,7 @@ async def test_another_tenants_execution_is_not_found_like_a_missing_id(
             hidden = await error_of(call(execution.id, caller))
             absent = await error_of(call(missing, caller))
             assert hidden.code() is grpc.StatusCode.NOT_FOUND, (name, hidden)
-            assert _masked(hidden, execution.id) == _masked(absent, missing), name
+            assert masked(hidden, execution.id) == masked(absent, missing), name
     after = await stub.GetExecution(
         engine_pb2.GetExecutionRequest(execution_id=execution.id), metadata=A
     )
@@ -304,7 +267,7 @@ async def test_starting_never_reaches_into_another_tenant(secured: Secured) -> N
         for name in (WORKFLOW, NO_WORKFLOW)
     ]
     assert hidden.code() is grpc.StatusCode.NOT_FOUND
-    assert _masked(hidden, WORKFLOW) == _masked(absent, NO_WORKFLOW)
+    assert masked(hidden, WORKFLOW) == masked(absent, NO_WORKFLOW)
     start = engine_pb2.StartExecutionRequest(workflow_id=WORKFLOW)
     run = stub.RunAndWatch(engine_pb2.RunAndWatchRequest(start=start), metadata=B)
     assert (await stream_error(run)).code() is grpc.StatusCode.NOT_FOUND
@@ -383,14 +346,6 @@ def _by_id(
             engine_pb2.WatchExecutionRequest(execution_id=i), metadata=m
         ),
     }
-
-
-def _masked(error: aio.AioRpcError, key: str) -> tuple[Any, str, bytes]:
-    """What a client can learn from an error, with the id it asked about blanked out."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    serialized = status.SerializeToString().replace(key.encode(), b"<key>")
-    return error.code(), (error.details() or "").replace(key, "<key>"), serialized
 
 
 async def _register(
