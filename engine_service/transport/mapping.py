@@ -1,10 +1,11 @@
 """Protobuf <-> domain conversion for the engine's gRPC API.
 
 Definitions cross as dicts in the canonical proto-JSON form that `core.definitions`
-reads and `core.definition_format` writes, so there is one parser. JSON values cross as `google.protobuf.Struct`, which
-only holds objects at the top level and only doubles as numbers: a step output that is not
-an object is sent as `{"value": <output>}`, and whole-number doubles coming in become ints
-(so `${inputs.n}` stays an int in CEL, where `1` and `1.0` do not mix).
+reads and `core.definition_format` writes, so there is one parser. JSON values cross as
+`google.protobuf.Struct`, which only holds objects at the top level and only doubles as
+numbers: a step output that is not an object is sent as `{"value": <output>}`, and
+whole-number doubles coming in become ints (so `${inputs.n}` stays an int in CEL, where
+`1` and `1.0` do not mix).
 """
 
 from __future__ import annotations
