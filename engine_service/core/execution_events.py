@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from engine_service.core.clock import Clock
@@ -16,6 +15,7 @@ from engine_service.core.state import (
     ExecutionStatus,
     Failure,
     StepStatus,
+    evolve,
 )
 
 ES = ExecutionStatus
@@ -30,7 +30,7 @@ class ExecutionEvents:
         self._definition = definition
         self._clock = clock
 
-    def _base_event(self, state: ExecutionState, kind: EventKind) -> ExecutionEvent:
+    def _base_event(self, state: ExecutionState, kind: EventKind, **fields: Any) -> ExecutionEvent:
         return ExecutionEvent(
             event_id=str(uuid.uuid4()),
             execution_id=state.id,
@@ -41,6 +41,7 @@ class ExecutionEvents:
             workflow_id=state.workflow_id,
             workflow_version=state.workflow_version,
             parent_execution_id=state.parent_execution_id,
+            **fields,
         )
 
     def execution_event(
@@ -54,8 +55,9 @@ class ExecutionEvents:
     ) -> ExecutionEvent:
         if status is ES.PAUSED and missing is None:
             missing = state.missing_inputs
-        event = replace(
-            self._base_event(state, EventKind.EXECUTION_STATUS_CHANGED),
+        event = self._base_event(
+            state,
+            EventKind.EXECUTION_STATUS_CHANGED,
             execution_status=status,
             error=error,
             inputs=inputs,
@@ -63,7 +65,7 @@ class ExecutionEvents:
         )
         if status.is_terminal:
             started = state.started_at or event.timestamp
-            event = replace(
+            event = evolve(
                 event,
                 started_at=started,
                 duration=(event.timestamp - started).total_seconds(),
@@ -89,8 +91,9 @@ class ExecutionEvents:
     ) -> ExecutionEvent:
         step = self._definition.step(step_id)
         current = state.steps[step_id]
-        return replace(
-            self._base_event(state, kind),
+        return self._base_event(
+            state,
+            kind,
             step_id=step_id,
             step_status=status,
             attempt=attempt or current.attempt,

@@ -12,7 +12,6 @@ import asyncio
 import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from engine_service.core.state import (
     StepState,
     StepStatus,
     apply,
+    evolve,
 )
 from engine_service.core.step_decisions import (
     AttemptOutcome,
@@ -384,7 +384,7 @@ class ExecutionRunner:
             attempt=attempt,
             tenant=self._state.tenant,
             workflow_id=self._state.workflow_id,
-            activation=self._decisions.activation(self._state),
+            activation=self._decisions.lazy_activation(self._state),
         )
 
     async def _sleep_until_retry(self, step: StepState) -> None:
@@ -589,7 +589,7 @@ class ExecutionRunner:
         numbered = []
         state = self._state
         for offset, event in enumerate(events, start=1):
-            event = replace(event, sequence=self._state.last_sequence + offset)
+            event = evolve(event, sequence=self._state.last_sequence + offset)
             state = apply(state, event)
             numbered.append(event)
         self._state = state

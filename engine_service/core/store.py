@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -115,8 +115,11 @@ class ExecutionStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> None:
-        """Commit `events` and the `state` they lead to, atomically.
+    def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> Awaitable[None]:
+        """Commit `events` and the `state` they lead to, atomically; awaiting the result
+        waits until they are durable. A store may start the write before it is awaited
+        (the runner pipelines one execution's commits this way); writes of one execution
+        reach the store in the order `append` was called.
 
         Raises ConcurrentModification unless the stored state is at the sequence just
         before the first event.

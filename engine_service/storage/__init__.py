@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from engine_service.core.errors import StorageError
 from engine_service.storage import migrations
+from engine_service.storage.codec import dumps, loads
 from engine_service.storage.sql_store import SqlExecutionStore
 
 __all__ = ["SqlExecutionStore", "create_database_engine", "is_single_process", "open_store"]
@@ -23,10 +24,18 @@ def create_database_engine(database_url: str, *, pool_size: int = 10) -> AsyncEn
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, json_serializer=dumps, json_deserializer=loads
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        json_serializer=dumps,
+        json_deserializer=loads,
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

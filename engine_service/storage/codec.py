@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from engine_service.core.state import (
     EventKind,
@@ -15,6 +18,20 @@ from engine_service.core.state import (
     StepState,
     StepStatus,
 )
+
+
+def dumps(value: Any) -> str:
+    """JSON text for a column: orjson (several times faster than `json` on the events the
+    engine writes per step), and `json` for what orjson refuses (integers beyond 64 bits,
+    non-string keys)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+def loads(text: str | bytes) -> Any:
+    return orjson.loads(text)
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -1,6 +1,6 @@
 """Group commit: many concurrent writes share one transaction, and so one fsync.
 
-Callers `submit` an item and wait. A writer task takes everything queued (up to
+Callers `enqueue` an item and await its future. A writer task takes everything queued (up to
 `max_batch`), writes it in one transaction and wakes every caller. If that transaction
 fails, each item is retried alone so one bad item fails only its own caller.
 
@@ -39,14 +39,15 @@ class GroupCommitter(Generic[T]):
         self.batches = 0
         self.items = 0
 
-    async def submit(self, item: T, key: str = "") -> None:
+    def enqueue(self, item: T, key: str = "") -> asyncio.Future[None]:
+        """Queue `item` now; the future settles once its transaction has committed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         lane = hash(key) % len(self._queues)
         self._queues[lane].put_nowait((item, future))
         worker = self._workers.get(lane)
         if worker is None or worker.done():
             self._workers[lane] = asyncio.create_task(self._run(lane), name=f"group-commit-{lane}")
-        await future
+        return future
 
     @property
     def backlog(self) -> int:

@@ -1,8 +1,8 @@
 """Postgres LISTEN/NOTIFY: wakes this process's watchers for events other processes commit.
 
-Every append on Postgres sends `execution_id:first:last` on one channel (see
-`SqlExecutionStore._notify`); `EventListener` keeps one dedicated connection listening
-and hands each notice, in order, to a callback.
+Every append on Postgres sends a notice on one channel (see `notices`); `EventListener`
+keeps one dedicated connection listening and hands each notice another process sent, in
+order, to a callback.
 """
 
 from __future__ import annotations
@@ -16,27 +16,19 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from engine_service.storage.sql_store import NOTIFY_CHANNEL
+from engine_service.storage.notices import NOTIFY_CHANNEL, Notice, parse_notice
 
 log = logging.getLogger(__name__)
 
-Notice = tuple[str, int, int]
 Handler = Callable[[str, int, int], Awaitable[None]]
 
 
-def parse_notice(payload: str) -> Notice | None:
-    execution_id, _, rest = payload.partition(":")
-    first, _, last = rest.partition(":")
-    if not execution_id or not first.isdigit() or not last.isdigit():
-        return None
-    return execution_id, int(first), int(last)
-
-
 class EventListener:
-    def __init__(self, database_url: str, handler: Handler) -> None:
+    def __init__(self, database_url: str, handler: Handler, *, origin: str = "") -> None:
         url = make_url(database_url).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self._handler = handler
+        self._origin = origin
         self._queue: asyncio.Queue[Notice] = asyncio.Queue()
         self._connection: Any = None
         self._worker: asyncio.Task[None] | None = None
@@ -56,7 +48,7 @@ class EventListener:
 
     def _received(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         notice = parse_notice(payload)
-        if notice is not None:
+        if notice is not None and not (self._origin and notice.origin == self._origin):
             self._queue.put_nowait(notice)
 
     async def _deliver(self) -> None:
@@ -64,6 +56,6 @@ class EventListener:
         while True:
             notice = await self._queue.get()
             try:
-                await self._handler(*notice)
+                await self._handler(notice.execution_id, notice.first, notice.last)
             except Exception:
-                log.exception("could not forward events of execution %s", notice[0])
+                log.exception("could not forward events of execution %s", notice.execution_id)

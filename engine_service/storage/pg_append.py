@@ -9,7 +9,6 @@ the transaction back when they did not.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,12 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine_service.core.state import ExecutionEvent, ExecutionState
 from engine_service.storage.attempts import attempt_rows
-from engine_service.storage.codec import event_to_json, state_snapshot
+from engine_service.storage.codec import dumps, event_to_json, state_snapshot
+from engine_service.storage.notices import NOTIFY_CHANNEL, notice_payloads
 
 Append = tuple[ExecutionState, Sequence[ExecutionEvent]]
 
 _APPEND = text(
-    """
+    f"""
 WITH v AS (
     SELECT * FROM unnest(
         CAST(:ids AS text[]), CAST(:expected AS bigint[]), CAST(:statuses AS text[]),
@@ -77,7 +77,7 @@ WITH v AS (
     DELETE FROM leases
     WHERE execution_id = ANY(CAST(:finished_ids AS text[])) AND (SELECT all_matched FROM ok)
 ), notified AS (
-    SELECT pg_notify('stepstream_events', notice)
+    SELECT pg_notify('{NOTIFY_CHANNEL}', notice)
     FROM unnest(CAST(:notices AS text[])) AS notice, ok
     WHERE ok.all_matched
 )
@@ -100,7 +100,7 @@ async def append_batch(
         **_event_columns([e for _, events in batch for e in events]),
         **_attempt_columns([e for _, events in batch for e in events]),
         "finished_ids": [state.id for state, _ in batch if state.status.is_terminal],
-        "notices": [f"{s.id}:{events[0].sequence}:{events[-1].sequence}" for s, events in batch],
+        "notices": notice_payloads(batch, owner),
     }
     matched, _ = (await connection.execute(_APPEND, parameters)).one()
     return bool(matched)
@@ -120,7 +120,7 @@ def _execution_columns(batch: Sequence[Append], needs_snapshot: Any) -> dict[str
             for (state, _), take in zip(batch, snapshots, strict=True)
         ],
         "snapshots": [
-            json.dumps(state_snapshot(state)) if take else None
+            dumps(state_snapshot(state)) if take else None
             for (state, _), take in zip(batch, snapshots, strict=True)
         ],
     }
@@ -134,7 +134,7 @@ def _event_columns(events: Sequence[ExecutionEvent]) -> dict[str, list[Any]]:
         "event_tenants": [e.tenant for e in events],
         "event_kinds": [e.kind.value for e in events],
         "event_times": [e.timestamp for e in events],
-        "event_payloads": [json.dumps(event_to_json(e)) for e in events],
+        "event_payloads": [dumps(event_to_json(e)) for e in events],
     }
 
 

@@ -6,8 +6,9 @@ see `GroupCommitter`), so throughput is not bound by one fsync per state change.
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +50,7 @@ from engine_service.storage.models import (
     step_attempts,
     workflow_definitions,
 )
+from engine_service.storage.notices import NOTIFY_CHANNEL, notice_payloads
 from engine_service.storage.pg_append import append_batch
 from engine_service.storage.schedule_store import SqlScheduleStore
 
@@ -227,9 +229,13 @@ class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
             raise NotFound(kind="idempotency key", key=key)
         return await self.get_execution(execution_id)
 
-    async def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> None:
-        if events:
-            await self._committer.submit((state, events), key=state.id)
+    def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> Awaitable[None]:
+        # Queued now, not when first awaited: the runner stages writes without awaiting.
+        if not events:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self._committer.enqueue((state, events), key=state.id)
 
     async def _write_appends(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
         """One batch of appends: a fixed number of round trips, whatever its size."""
@@ -268,7 +274,7 @@ class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
         """Wake tailing readers in other engine processes (delivered on commit)."""
         if self.dialect != "postgresql":
             return
-        payloads = [f"{s.id}:{events[0].sequence}:{events[-1].sequence}" for s, events in batch]
+        payloads = notice_payloads(batch, self._owner)
         await connection.execute(_NOTIFY, {"payloads": payloads})
 
     async def _check_sequences(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
@@ -438,10 +444,9 @@ _UPDATE_SNAPSHOT = (
 
 
 _NOTIFY = text(
-    "SELECT pg_notify('stepstream_events', payload) FROM unnest(CAST(:payloads AS text[])) "
+    f"SELECT pg_notify('{NOTIFY_CHANNEL}', payload) FROM unnest(CAST(:payloads AS text[])) "
     "AS payload"
 )
-NOTIFY_CHANNEL = "stepstream_events"
 
 
 def _merged(batch: Sequence[Append]) -> list[Append]:
