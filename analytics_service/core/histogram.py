@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 RELATIVE_ERROR = 0.01
 GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
-_LOG_GAMMA = math.log(GAMMA)
+LOG_GAMMA = math.log(GAMMA)
 # Durations at or below this are indistinguishable from zero and share one bucket.
 MIN_TRACKED_SECONDS = 1e-9
 ZERO_BUCKET = -1_000_000
@@ -23,7 +23,7 @@ ZERO_BUCKET = -1_000_000
 def bucket_index(seconds: float) -> int:
     if seconds <= MIN_TRACKED_SECONDS:
         return ZERO_BUCKET
-    return math.ceil(math.log(seconds) / _LOG_GAMMA)
+    return math.ceil(math.log(seconds) / LOG_GAMMA)
 
 
 def bucket_value(index: int) -> float:

@@ -1,10 +1,16 @@
-"""A batch of events into the ledger, the facts and the rollups: per dialect.
+"""A batch of events into the facts, the rollups and the event-id ledger: per dialect.
 
-On Postgres the whole batch is one statement. The events travel once, as one array per
-column, and data-modifying CTEs record their ids, insert the facts of the new ones (in the
-batch's order, as the stepwise path does) and add exactly the facts inserted now to the
-minute and hour rollups, histograms and error counts.
-Per batch that is one round trip and no per-fact Python beyond building the arrays.
+On Postgres the facts and rollups of a batch are one statement. The events travel once, as
+one array per column (step facts, execution facts and events without a fact apart), and
+data-modifying CTEs insert the facts of the new events in the batch's order and add exactly
+the facts inserted now to the minute and hour rollups - counts, sums and the histogram
+arrays, merged by `histogram_merge` - and to the error counts. A fact's key deduplicates its
+event: no ledger row is written for it. Only the events left over - those that yield no
+fact, and fact events whose fact was not inserted - go to the ledger, in a second statement
+that runs only when there are any: a fact event whose stored fact carries its id is a
+redelivery; one whose stored fact carries another id is a second event for that attempt
+and is recorded by id. The second statement takes a new snapshot, so it sees a fact that a
+concurrent batch committed while the first one waited for it.
 
 On SQLite (the embedded default) the same happens in steps: ledger, facts, deltas folded
 in Python (`core.rollups.rollup_deltas`), upserts.
@@ -27,23 +33,58 @@ from analytics_service.core.events import (
     StepStatus,
     derive_facts,
 )
-from analytics_service.core.histogram import bucket_index
+from analytics_service.core.histogram import LOG_GAMMA, MIN_TRACKED_SECONDS, ZERO_BUCKET
 from analytics_service.core.rollups import (
     EXECUTION_LEVEL,
     HOUR_RESOLUTION,
     MINUTE_RESOLUTION,
+    SECONDS_PER_MINUTE,
     UNKNOWN_ERROR_TYPE,
-    minute_of,
     rollup_deltas,
 )
 from analytics_service.storage.event_ledger import SqlEventLedger
 from analytics_service.storage.fact_store import SqlFactStore
 from analytics_service.storage.rollup_store import SqlRollupStore
 
-_NOT_A_FACT, _STEP_FACT, _EXECUTION_FACT = 0, 1, 2
+_STEP_FACT, _EXECUTION_FACT = 1, 2
 
-# The batch as Postgres sees it: one array parameter per column, one element per event.
-_BATCH = (
+# Each kind of row as Postgres sees it: one array parameter per column, one element per fact.
+_STEP_ROWS = (
+    ("event_id", "text"),
+    ("execution_id", "text"),
+    ("step_id", "text"),
+    ("attempt", "integer"),
+    ("tenant", "text"),
+    ("workflow_id", "text"),
+    ("workflow_version", "integer"),
+    ("action", "text"),
+    ("status", "text"),
+    ("error_type", "text"),
+    ("error_message", "text"),
+    ("started_at", "timestamptz"),
+    ("finished_at", "timestamptz"),
+    ("duration_seconds", "float8"),
+    ("depends_on", "text"),
+)
+_EXECUTION_ROWS = (
+    ("event_id", "text"),
+    ("execution_id", "text"),
+    ("tenant", "text"),
+    ("workflow_id", "text"),
+    ("workflow_version", "integer"),
+    ("status", "text"),
+    ("error_type", "text"),
+    ("error_message", "text"),
+    ("started_at", "timestamptz"),
+    ("finished_at", "timestamptz"),
+    ("duration_seconds", "float8"),
+    ("estimated_time_saved_seconds", "float8"),
+    ("business_value", "float8"),
+    ("parent_execution_id", "text"),
+)
+# Leftovers for the ledger: the key of a fact event's fact tells a redelivery from another
+# event of the same attempt; `fact` is 0 for an event that yields no fact.
+_LEDGER_ROWS = (
     ("event_id", "text"),
     ("tenant", "text"),
     ("workflow_id", "text"),
@@ -52,80 +93,69 @@ _BATCH = (
     ("execution_id", "text"),
     ("step_id", "text"),
     ("attempt", "integer"),
-    ("workflow_version", "integer"),
-    ("action", "text"),
-    ("status", "text"),
-    ("error_type", "text"),
-    ("error_message", "text"),
-    ("started_at", "timestamptz"),
-    ("duration_seconds", "float8"),
-    ("depends_on", "text"),
-    ("estimated_time_saved_seconds", "float8"),
-    ("business_value", "float8"),
-    ("parent_execution_id", "text"),
-    ("minute", "bigint"),
-    ("hour", "bigint"),
-    ("bucket", "integer"),
 )
 
-_STEP_FACT_COLUMNS = (
-    "execution_id, step_id, attempt, tenant, workflow_id, workflow_version, action, status, "
-    "error_type, error_message, started_at, finished_at, duration_seconds, depends_on, event_id"
-)
-_EXECUTION_FACT_COLUMNS = (
-    "execution_id, tenant, workflow_id, workflow_version, status, error_type, error_message, "
-    "started_at, finished_at, duration_seconds, estimated_time_saved_seconds, business_value, "
-    "parent_execution_id, event_id"
-)
 _KEY = "tenant, workflow_id, step_id"
+_ROLLUP_KEY = f"{_KEY}, resolution, minute"
 # Statuses by value; step and execution statuses share the values counted here.
 _COMPLETED = ExecutionStatus.COMPLETED.value
 _FAILED = StepStatus.FAILED.value
 _TIMED_OUT = StepStatus.TIMED_OUT.value
+_STATUS_COUNTS = {
+    "completed": _COMPLETED,
+    "completed_with_errors": ExecutionStatus.COMPLETED_WITH_ERRORS.value,
+    "failed": _FAILED,
+    "timed_out": _TIMED_OUT,
+    "skipped": StepStatus.SKIPPED.value,
+    "cancelled": StepStatus.CANCELLED.value,
+}
+# Everything a rollup row adds up, as the finest level (one bucket of one minute) computes it.
+_BUCKET_SUMS = {
+    "total": "count(*)",
+    **{
+        name: f"count(*) FILTER (WHERE status = '{value}')"
+        for name, value in _STATUS_COUNTS.items()
+    },
+    "retries": "count(*) FILTER (WHERE attempt > 1)",
+    "duration_sum": "sum(seconds)",
+    "time_saved_sum": "sum(time_saved)",
+    "business_value_sum": "sum(business_value)",
+}
+_ADDED = tuple(_BUCKET_SUMS)
+_EXTREMES = ("duration_min", "duration_max", "action")
+# The greatest action name wins, so the result does not depend on arrival order.
+_GREATEST_ACTION = 'max(action COLLATE "C")'
 
 
-def _status_count(status: str) -> str:
-    return f"count(*) FILTER (WHERE status = '{status}')"
+def _bucket_sums() -> str:
+    """A rollup row's values for the facts of one bucket of one minute."""
+    added = ", ".join(f"{sql} AS {name}" for name, sql in _BUCKET_SUMS.items())
+    return (
+        f"{added}, min(seconds) AS duration_min, max(seconds) AS duration_max, "
+        f"{_GREATEST_ACTION} AS action, count(*) AS count"
+    )
 
 
-_MINUTE_SUMS = f"""
-    count(*) AS total,
-    {_status_count(_COMPLETED)} AS completed,
-    {_status_count(ExecutionStatus.COMPLETED_WITH_ERRORS.value)} AS completed_with_errors,
-    {_status_count(_FAILED)} AS failed,
-    {_status_count(_TIMED_OUT)} AS timed_out,
-    {_status_count(StepStatus.SKIPPED.value)} AS skipped,
-    {_status_count(StepStatus.CANCELLED.value)} AS cancelled,
-    count(*) FILTER (WHERE attempt > 1) AS retries,
-    sum(duration_seconds) AS duration_sum,
-    min(duration_seconds) AS duration_min,
-    max(duration_seconds) AS duration_max,
-    sum(CASE WHEN status = '{_COMPLETED}' THEN estimated_time_saved_seconds ELSE 0 END)
-        AS time_saved_sum,
-    sum(CASE WHEN status = '{_COMPLETED}' THEN business_value ELSE 0 END) AS business_value_sum,
-    max(action COLLATE "C") AS action"""
-_ADDED = (
-    "total",
-    "completed",
-    "completed_with_errors",
-    "failed",
-    "timed_out",
-    "skipped",
-    "cancelled",
-    "retries",
-    "duration_sum",
-    "time_saved_sum",
-    "business_value_sum",
-)
-_HOUR_SUMS = ", ".join(
-    [
-        *(f"sum({name}) AS {name}" for name in _ADDED),
-        "min(duration_min) AS duration_min",
-        "max(duration_max) AS duration_max",
-        'max(action COLLATE "C") AS action',
-    ]
-)
-_ROLLUP_VALUES = (*_ADDED, "duration_min", "duration_max", "action")
+def _summed_again() -> str:
+    """A rollup row's values summed from finer groups' values."""
+    added = ", ".join(f"sum({name}) AS {name}" for name in _ADDED)
+    return (
+        f"{added}, min(duration_min) AS duration_min, max(duration_max) AS duration_max, "
+        f"{_GREATEST_ACTION} AS action"
+    )
+
+
+def _rows_of(buckets: str, time: str) -> str:
+    """One rollup row per key and `time` from per-bucket sums, with its histogram arrays."""
+    return (
+        f"SELECT {_KEY}, {time} AS minute, {_summed_again()}, "
+        "array_agg(bucket ORDER BY bucket) AS histogram_buckets, "
+        "array_agg(count ORDER BY bucket) AS histogram_counts "
+        f"FROM {buckets} GROUP BY {_KEY}, {time}"
+    )
+
+
+_ROLLUP_VALUES = (*_ADDED, *_EXTREMES, "histogram_buckets", "histogram_counts")
 _ROLLUP_UPDATES = ", ".join(
     [
         *(f"{name} = rollups.{name} + EXCLUDED.{name}" for name in _ADDED),
@@ -133,78 +163,84 @@ _ROLLUP_UPDATES = ", ".join(
         "duration_max = GREATEST(rollups.duration_max, EXCLUDED.duration_max)",
         # The greatest action name wins, so the result does not depend on arrival order.
         "action = GREATEST(rollups.action, EXCLUDED.action)",
+        "(histogram_buckets, histogram_counts) = (SELECT * FROM histogram_merge("
+        "rollups.histogram_buckets, rollups.histogram_counts, "
+        "EXCLUDED.histogram_buckets, EXCLUDED.histogram_counts))",
     ]
 )
-_ROLLUP_KEY = f"{_KEY}, resolution, minute"
+
+
+def _unnest(prefix: str, columns: tuple[tuple[str, str], ...]) -> str:
+    arrays = ", ".join(f"CAST(:{prefix}{name} AS {kind}[])" for name, kind in columns)
+    names = ", ".join(name for name, _ in columns)
+    return f"SELECT * FROM unnest({arrays}) WITH ORDINALITY AS rows({names}, position)"
+
+
+def _new_facts(table: str, rows: str, columns: tuple[tuple[str, str], ...], key: str) -> str:
+    """Insert the facts of events the ledger does not know, first event of a key first."""
+    names = ", ".join(name for name, _ in columns)
+    return f"""
+    INSERT INTO {table} ({names}) SELECT {names} FROM {rows}
+    WHERE NOT EXISTS (SELECT FROM ingested_events e WHERE e.event_id = {rows}.event_id)
+    ORDER BY position
+    ON CONFLICT ({key}) DO NOTHING"""
+
+
+# Durations become histogram buckets as core.histogram.bucket_index computes them: the same
+# IEEE operations on the same constants, so both dialects bucket a duration alike.
+_BUCKET = (
+    f"CASE WHEN seconds <= {MIN_TRACKED_SECONDS!r} THEN {ZERO_BUCKET} "
+    f"ELSE ceil(ln(seconds) / {LOG_GAMMA!r})::bigint END"
+)
 
 # Rollup rows are written in key order so that concurrent batches cannot deadlock.
 _INGEST = text(
     f"""
-WITH batch AS (
-    SELECT * FROM unnest({", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _BATCH)})
-        WITH ORDINALITY AS b({", ".join(name for name, _ in _BATCH)}, position)
-), new_events AS (
-    INSERT INTO ingested_events (event_id, tenant, workflow_id, occurred_at, ingested_at)
-    SELECT event_id, tenant, workflow_id, occurred_at, CAST(:now AS timestamptz) FROM batch
-    ORDER BY position
-    ON CONFLICT DO NOTHING RETURNING event_id
-), fresh AS (
-    SELECT batch.* FROM batch JOIN new_events USING (event_id)
-), new_steps AS (
-    INSERT INTO step_facts ({_STEP_FACT_COLUMNS})
-    SELECT {_STEP_FACT_COLUMNS.replace("finished_at", "occurred_at")}
-    FROM fresh WHERE fact = {_STEP_FACT} ORDER BY position
-    ON CONFLICT DO NOTHING RETURNING execution_id, step_id, attempt
-), new_executions AS (
-    INSERT INTO execution_facts ({_EXECUTION_FACT_COLUMNS})
-    SELECT {_EXECUTION_FACT_COLUMNS.replace("finished_at", "occurred_at")}
-    FROM fresh WHERE fact = {_EXECUTION_FACT} ORDER BY position
-    ON CONFLICT DO NOTHING RETURNING execution_id
+WITH steps AS ({_unnest("s_", _STEP_ROWS)}
+), executions AS ({_unnest("x_", _EXECUTION_ROWS)}
+), new_steps AS ({_new_facts("step_facts", "steps", _STEP_ROWS, "execution_id, step_id, attempt")}
+    RETURNING event_id, {_KEY}, attempt, status, error_type, action, finished_at,
+        duration_seconds AS seconds, 0.0 AS time_saved, 0.0 AS business_value
+), new_executions AS ({_new_facts("execution_facts", "executions", _EXECUTION_ROWS, "execution_id")}
+    RETURNING event_id, tenant, workflow_id, '{EXECUTION_LEVEL}' AS step_id, 0 AS attempt,
+        status, error_type, '' AS action, finished_at, duration_seconds AS seconds,
+        CASE WHEN status = '{_COMPLETED}' THEN estimated_time_saved_seconds ELSE 0 END,
+        CASE WHEN status = '{_COMPLETED}' THEN business_value ELSE 0 END
 ), stored AS (
-    SELECT fresh.* FROM fresh JOIN new_steps USING (execution_id, step_id, attempt)
-    WHERE fresh.fact = {_STEP_FACT}
+    SELECT {_STEP_FACT} AS fact, * FROM new_steps
     UNION ALL
-    SELECT fresh.* FROM fresh JOIN new_executions USING (execution_id)
-    WHERE fresh.fact = {_EXECUTION_FACT}
-), minutes AS (
-    SELECT {_KEY}, minute, hour, {_MINUTE_SUMS}
-    FROM stored GROUP BY {_KEY}, minute, hour
+    SELECT {_EXECUTION_FACT}, * FROM new_executions
+), keyed AS (
+    SELECT *,
+        floor(extract(epoch FROM finished_at) / {SECONDS_PER_MINUTE})::bigint AS minute,
+        {_BUCKET} AS bucket
+    FROM stored
+), minute_buckets AS (
+    SELECT {_KEY}, minute, minute / {HOUR_RESOLUTION} * {HOUR_RESOLUTION} AS hour, bucket,
+        {_bucket_sums()}
+    FROM keyed GROUP BY {_KEY}, minute, bucket
+), hour_buckets AS (
+    SELECT {_KEY}, hour, bucket, {_summed_again()}, sum(count)::bigint AS count
+    FROM minute_buckets GROUP BY {_KEY}, hour, bucket
 ), rollup_rows AS (
     INSERT INTO rollups ({_ROLLUP_KEY}, {", ".join(_ROLLUP_VALUES)})
-    SELECT * FROM (
-        SELECT {_KEY}, {MINUTE_RESOLUTION} AS resolution, minute, {", ".join(_ROLLUP_VALUES)}
-        FROM minutes
+    SELECT {_KEY}, resolution, minute, {", ".join(_ROLLUP_VALUES)} FROM (
+        SELECT {MINUTE_RESOLUTION} AS resolution, * FROM ({_rows_of("minute_buckets", "minute")})
+            AS minutes
         UNION ALL
-        SELECT {_KEY}, {HOUR_RESOLUTION}, hour, {_HOUR_SUMS}
-        FROM minutes GROUP BY {_KEY}, hour
+        SELECT {HOUR_RESOLUTION}, * FROM ({_rows_of("hour_buckets", "hour")}) AS hours
     ) AS deltas
     ORDER BY {_ROLLUP_KEY}
     ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET {_ROLLUP_UPDATES}
     RETURNING 1
-), minute_buckets AS (
-    SELECT {_KEY}, minute, hour, bucket, count(*) AS count
-    FROM stored GROUP BY {_KEY}, minute, hour, bucket
-), histogram_rows AS (
-    INSERT INTO rollup_histograms ({_ROLLUP_KEY}, bucket, count)
-    SELECT * FROM (
-        SELECT {_KEY}, {MINUTE_RESOLUTION} AS resolution, minute, bucket, count
-        FROM minute_buckets
-        UNION ALL
-        SELECT {_KEY}, {HOUR_RESOLUTION}, hour, bucket, sum(count)
-        FROM minute_buckets GROUP BY {_KEY}, hour, bucket
-    ) AS deltas
-    ORDER BY {_ROLLUP_KEY}, bucket
-    ON CONFLICT ({_ROLLUP_KEY}, bucket)
-    DO UPDATE SET count = rollup_histograms.count + EXCLUDED.count
-    RETURNING 1
 ), minute_errors AS (
-    SELECT {_KEY}, minute, hour,
+    SELECT {_KEY}, minute, minute / {HOUR_RESOLUTION} * {HOUR_RESOLUTION} AS hour,
         CASE WHEN error_type = '' THEN '{UNKNOWN_ERROR_TYPE}' ELSE error_type END
             AS error_type,
         count(*) AS count
-    FROM stored
+    FROM keyed
     WHERE fact = {_STEP_FACT} AND status IN ('{_FAILED}', '{_TIMED_OUT}')
-    GROUP BY {_KEY}, minute, hour, 6
+    GROUP BY {_KEY}, minute, 6
 ), error_rows AS (
     INSERT INTO rollup_errors ({_ROLLUP_KEY}, error_type, count)
     SELECT * FROM (
@@ -219,49 +255,111 @@ WITH batch AS (
     DO UPDATE SET count = rollup_errors.count + EXCLUDED.count
     RETURNING 1
 )
-SELECT event_id FROM new_events
+SELECT event_id FROM stored
+"""
+)
+
+_RECORD_LEFTOVERS = text(
+    f"""
+WITH leftovers AS ({_unnest("", _LEDGER_ROWS)})
+INSERT INTO ingested_events (event_id, tenant, workflow_id, occurred_at, ingested_at)
+SELECT event_id, tenant, workflow_id, occurred_at, CAST(:now AS timestamptz) FROM leftovers
+WHERE NOT EXISTS (
+    SELECT FROM step_facts f
+    WHERE leftovers.fact = {_STEP_FACT} AND f.execution_id = leftovers.execution_id
+        AND f.step_id = leftovers.step_id AND f.attempt = leftovers.attempt
+        AND f.event_id = leftovers.event_id
+) AND NOT EXISTS (
+    SELECT FROM execution_facts f
+    WHERE leftovers.fact = {_EXECUTION_FACT} AND f.execution_id = leftovers.execution_id
+        AND f.event_id = leftovers.event_id
+)
+ORDER BY event_id
+ON CONFLICT DO NOTHING
+RETURNING event_id
 """
 )
 
 _CUSTOM_PLAN = text("SET LOCAL plan_cache_mode = force_custom_plan")
 
 
-def _row(event: ExecutionEvent) -> tuple[Any, ...]:
-    """One event as the batch's columns; the fact fields as `core.events` derives them."""
-    kind = event.kind
-    if kind is EventKind.STEP_STATUS_CHANGED and event.step_status.is_terminal:
-        fact, status, step_id = _STEP_FACT, event.step_status.value, event.step_id
-    elif kind is EventKind.EXECUTION_STATUS_CHANGED and event.execution_status.is_terminal:
-        fact, status, step_id = _EXECUTION_FACT, event.execution_status.value, EXECUTION_LEVEL
+def _is_step_fact(event: ExecutionEvent) -> bool:
+    return event.kind is EventKind.STEP_STATUS_CHANGED and event.step_status.is_terminal
+
+
+def _is_execution_fact(event: ExecutionEvent) -> bool:
+    return event.kind is EventKind.EXECUTION_STATUS_CHANGED and event.execution_status.is_terminal
+
+
+def _step_row(event: ExecutionEvent) -> tuple[Any, ...]:
+    """A step fact's columns, as `core.events.step_fact` derives them."""
+    return (
+        event.event_id,
+        event.execution_id,
+        event.step_id,
+        max(event.attempt, 1),
+        event.tenant,
+        event.workflow_id,
+        event.workflow_version,
+        event.action,
+        event.step_status.value,
+        event.error_type,
+        event.error_message,
+        event.started_at or event.occurred_at,
+        event.occurred_at,
+        max(event.duration_seconds, 0.0),
+        _depends_on(event.depends_on),
+    )
+
+
+def _execution_row(event: ExecutionEvent) -> tuple[Any, ...]:
+    """An execution fact's columns, as `core.events.execution_fact` derives them."""
+    return (
+        event.event_id,
+        event.execution_id,
+        event.tenant,
+        event.workflow_id,
+        event.workflow_version,
+        event.execution_status.value,
+        event.error_type,
+        event.error_message,
+        event.started_at or event.occurred_at,
+        event.occurred_at,
+        max(event.duration_seconds, 0.0),
+        max(event.estimated_time_saved_seconds, 0.0),
+        event.business_value,
+        event.parent_execution_id,
+    )
+
+
+def _ledger_row(event: ExecutionEvent) -> tuple[Any, ...]:
+    if _is_step_fact(event):
+        fact, step_id, attempt = _STEP_FACT, event.step_id, max(event.attempt, 1)
+    elif _is_execution_fact(event):
+        fact, step_id, attempt = _EXECUTION_FACT, EXECUTION_LEVEL, 0
     else:
-        fact, status, step_id = _NOT_A_FACT, "", event.step_id
-    occurred_at = event.occurred_at
-    minute = minute_of(occurred_at)
-    seconds = max(event.duration_seconds, 0.0)
+        fact, step_id, attempt = 0, event.step_id, 0
     return (
         event.event_id,
         event.tenant,
         event.workflow_id,
-        occurred_at,
+        event.occurred_at,
         fact,
         event.execution_id,
         step_id,
-        max(event.attempt, 1) if fact == _STEP_FACT else 0,
-        event.workflow_version,
-        event.action if fact == _STEP_FACT else "",
-        status,
-        event.error_type,
-        event.error_message,
-        event.started_at or occurred_at,
-        seconds,
-        _depends_on(event.depends_on),
-        max(event.estimated_time_saved_seconds, 0.0) if fact == _EXECUTION_FACT else 0.0,
-        event.business_value if fact == _EXECUTION_FACT else 0.0,
-        event.parent_execution_id,
-        minute,
-        minute // HOUR_RESOLUTION * HOUR_RESOLUTION,
-        bucket_index(seconds),
+        attempt,
     )
+
+
+def _arrays(
+    prefix: str, columns: tuple[tuple[str, str], ...], rows: list[tuple[Any, ...]]
+) -> dict[str, list[Any]]:
+    if not rows:
+        return {f"{prefix}{name}": [] for name, _ in columns}
+    return {
+        f"{prefix}{name}": list(values)
+        for (name, _), values in zip(columns, zip(*rows, strict=True), strict=True)
+    }
 
 
 def _depends_on(step_ids: tuple[str, ...]) -> str:
@@ -279,7 +377,7 @@ def _plain(value: str) -> bool:
 
 
 class PostgresBatchIngest:
-    """The batch in one statement: ledger, facts and rollups from the same arrays."""
+    """Facts and rollups in one statement; the ledger only for what no fact records."""
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -287,16 +385,25 @@ class PostgresBatchIngest:
     async def store_new(self, events: Sequence[ExecutionEvent], now: datetime) -> set[str]:
         if not events:
             return set()
-        columns = zip(*map(_row, events), strict=True)
-        parameters: dict[str, Any] = {
-            name: list(values) for (name, _), values in zip(_BATCH, columns, strict=True)
-        }
-        parameters["now"] = now
-        # A generic plan guesses ten rows per array and joins the CTEs by nested loops,
-        # 5-10x slower from the sixth batch on a connection; planning per batch costs ~1 ms.
-        await self._session.execute(_CUSTOM_PLAN)
-        result = await self._session.execute(_INGEST, parameters)
-        return {event_id for (event_id,) in result.all()}
+        steps = [_step_row(e) for e in events if _is_step_fact(e)]
+        executions = [_execution_row(e) for e in events if _is_execution_fact(e)]
+        new_ids: set[str] = set()
+        if steps or executions:
+            parameters = {
+                **_arrays("s_", _STEP_ROWS, steps),
+                **_arrays("x_", _EXECUTION_ROWS, executions),
+            }
+            # A generic plan guesses ten rows per array and joins by nested loops, several
+            # times slower from the sixth batch on a connection; planning costs ~1 ms.
+            await self._session.execute(_CUSTOM_PLAN)
+            result = await self._session.execute(_INGEST, parameters)
+            new_ids.update(event_id for (event_id,) in result.all())
+        if len(new_ids) < len(events):
+            leftovers = [_ledger_row(e) for e in events if e.event_id not in new_ids]
+            ledger: dict[str, Any] = {**_arrays("", _LEDGER_ROWS, leftovers), "now": now}
+            result = await self._session.execute(_RECORD_LEFTOVERS, ledger)
+            new_ids.update(event_id for (event_id,) in result.all())
+        return new_ids
 
 
 class StepwiseBatchIngest:

@@ -25,6 +25,8 @@ class Merge(enum.Enum):
     ADD = "add"
     LEAST = "least"
     GREATEST = "greatest"
+    # The incoming value: the caller merged it with the stored one already.
+    REPLACE = "replace"
 
 
 # Column name -> one value per row: the shape Postgres' arrays want, built without a dict
@@ -51,6 +53,8 @@ def _merged(merge: Merge, stored: Any, incoming: Any) -> ColumnElement[Any]:
     """SQLite's merge expressions: its two-argument min/max are scalar functions."""
     if merge is Merge.ADD:
         return stored + incoming  # type: ignore[no-any-return]
+    if merge is Merge.REPLACE:
+        return incoming  # type: ignore[no-any-return]
     if merge is Merge.LEAST:
         return func.min(stored, incoming)
     return func.max(stored, incoming)
@@ -133,5 +137,7 @@ def _unnest_insert(session: AsyncSession, table: Table) -> str:
 def _sql_merge(merge: Merge, stored: str, incoming: str) -> str:
     if merge is Merge.ADD:
         return f"{stored} + {incoming}"
+    if merge is Merge.REPLACE:
+        return incoming
     function = "LEAST" if merge is Merge.LEAST else "GREATEST"
     return f"{function}({stored}, {incoming})"

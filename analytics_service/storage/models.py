@@ -15,7 +15,7 @@ from sqlalchemy import (
     Text,
 )
 
-from analytics_service.storage.types import UtcDateTime
+from analytics_service.storage.types import IntegerList, UtcDateTime
 
 metadata = MetaData()
 
@@ -32,7 +32,9 @@ def _amount(name: str) -> Column[float]:
     return Column(name, Double, nullable=False, server_default="0")
 
 
-# Every event id ever accepted (until retention): the ledger that makes ingest idempotent.
+# Event ids accepted (until retention) that no fact row records: events that yield no fact,
+# and on Postgres a second event for an attempt or execution that already has its fact.
+# With the facts' event ids it makes ingest idempotent by event id.
 ingested_events = Table(
     "ingested_events",
     metadata,
@@ -112,6 +114,11 @@ rollups = Table(
     Column("duration_max", Double, nullable=False),
     _amount("time_saved_sum"),
     _amount("business_value_sum"),
+    # The log-bucket histogram of the durations (see core.histogram): bucket indexes in
+    # ascending order and the count of each. Postgres merges them in the upsert with the
+    # SQL function histogram_merge (migration 0002); SQLite in Python.
+    Column("histogram_buckets", IntegerList, nullable=False),
+    Column("histogram_counts", IntegerList, nullable=False),
     # Time-bounded reads across steps or workflows; the primary key serves one step.
     Index("ix_rollups_time", "tenant", "resolution", "minute", "workflow_id"),
 )
@@ -130,20 +137,6 @@ rollup_errors = Table(
     Index("ix_rollup_errors_time", "tenant", "resolution", "minute", "workflow_id"),
 )
 
-# One row per non-empty log bucket (see core.histogram) of a rollup key.
-rollup_histograms = Table(
-    "rollup_histograms",
-    metadata,
-    Column("tenant", String(ID), primary_key=True),
-    Column("workflow_id", String(NAME), primary_key=True),
-    Column("step_id", String(NAME), primary_key=True),
-    Column("resolution", Integer, primary_key=True),
-    Column("minute", BigInteger, primary_key=True),
-    Column("bucket", Integer, primary_key=True),
-    _counter("count"),
-    # Time-bounded reads across steps or workflows; the primary key serves one step.
-    Index("ix_rollup_histograms_time", "tenant", "resolution", "minute", "workflow_id"),
-)
 
 # Keyed by the minute of ingestion, not of the events.
 ingest_lag = Table(

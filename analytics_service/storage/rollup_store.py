@@ -7,7 +7,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, func, literal, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from analytics_service.core.histogram import Histogram
@@ -21,8 +33,8 @@ from analytics_service.core.rollups import (
     RollupDeltas,
     RollupKey,
 )
-from analytics_service.storage.bulk import Merge, upsert
-from analytics_service.storage.models import ingest_lag, rollup_errors, rollup_histograms, rollups
+from analytics_service.storage.bulk import Merge, dialect_name, upsert
+from analytics_service.storage.models import ingest_lag, rollup_errors, rollups
 
 _COUNTERS = (
     "total",
@@ -43,8 +55,13 @@ _ROLLUP_MERGES = {
     "duration_max": Merge.GREATEST,
     # The greatest action name wins, so the result does not depend on arrival order.
     "action": Merge.GREATEST,
+    # Merged with the stored histogram before the upsert (see SqlRollupStore.apply).
+    "histogram_buckets": Merge.REPLACE,
+    "histogram_counts": Merge.REPLACE,
 }
 _COUNT_MERGE = {"count": Merge.ADD}
+# Rollup keys per read of stored histograms: SQLite binds five parameters per key.
+_KEYS_PER_READ = 500
 _LAG_MERGES = {"events": Merge.ADD, "lag_sum": Merge.ADD, "lag_max": Merge.GREATEST}
 
 
@@ -184,6 +201,31 @@ def _counts_statement(shape: _Shape) -> Select[Any]:
 
 
 @functools.lru_cache(maxsize=256)
+def _histogram_statement(shape: _Shape) -> Select[Any]:
+    """Counts per group and bucket, unnested from the rows' histogram arrays by Postgres."""
+    groups = _groups(rollups, shape)
+    buckets = (
+        func.unnest(rollups.c.histogram_buckets, rollups.c.histogram_counts)
+        .table_valued("bucket", "count")
+        .render_derived(name="buckets")
+    )
+    return (
+        select(*groups, buckets.c.bucket, func.sum(buckets.c.count))
+        .select_from(rollups.join(buckets, true()))
+        .where(*_selection(rollups, shape))
+        .group_by(*groups, buckets.c.bucket)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _histogram_rows_statement(shape: _Shape) -> Select[Any]:
+    """The groups' histogram arrays row by row, for SQLite to merge in Python."""
+    return select(
+        *_groups(rollups, shape), rollups.c.histogram_buckets, rollups.c.histogram_counts
+    ).where(*_selection(rollups, shape))
+
+
+@functools.lru_cache(maxsize=256)
 def _detail_statement(table: Table, detail: str, shape: _Shape) -> Select[Any]:
     """Counts per group and per `detail` (histogram bucket or error type)."""
     groups = _groups(table, shape)
@@ -229,8 +271,14 @@ class SqlRollupStore:
         self._session = session
 
     async def apply(self, deltas: RollupDeltas) -> None:
+        """The stepwise (SQLite) path: histograms are merged here, with the rows locked.
+
+        Postgres batches take `batch_ingest.PostgresBatchIngest`, which merges them in the
+        upsert itself; on SQLite one connection writes at a time.
+        """
         keys = sorted(deltas.counts, key=_order)
         counts = [deltas.counts[key] for key in keys]
+        histograms = await self._merged_histograms(keys, deltas)
         await upsert(
             self._session,
             rollups,
@@ -240,6 +288,10 @@ class SqlRollupStore:
                 "duration_min": [c.duration_min for c in counts],
                 "duration_max": [c.duration_max for c in counts],
                 "action": [c.action for c in counts],
+                "histogram_buckets": [sorted(histograms[key]) for key in keys],
+                "histogram_counts": [
+                    [histograms[key][bucket] for bucket in sorted(histograms[key])] for key in keys
+                ],
             },
             _ROLLUP_MERGES,
         )
@@ -254,17 +306,33 @@ class SqlRollupStore:
             },
             _COUNT_MERGE,
         )
-        buckets = sorted(deltas.histogram.items(), key=_order_pair)
-        await upsert(
-            self._session,
-            rollup_histograms,
-            {
-                **_key_columns([key for (key, _), _ in buckets]),
-                "bucket": [bucket for (_, bucket), _ in buckets],
-                "count": [count for _, count in buckets],
-            },
-            _COUNT_MERGE,
+
+    async def _merged_histograms(
+        self, keys: list[RollupKey], deltas: RollupDeltas
+    ) -> dict[RollupKey, dict[int, int]]:
+        """Each key's stored histogram plus what the deltas add to it."""
+        merged: dict[RollupKey, dict[int, int]] = {key: {} for key in keys}
+        key_columns = (
+            rollups.c.tenant,
+            rollups.c.workflow_id,
+            rollups.c.step_id,
+            rollups.c.resolution,
+            rollups.c.minute,
         )
+        for chunk in range(0, len(keys), _KEYS_PER_READ):
+            wanted = [_order(key) for key in keys[chunk : chunk + _KEYS_PER_READ]]
+            statement = (
+                select(*key_columns, rollups.c.histogram_buckets, rollups.c.histogram_counts)
+                .where(tuple_(*key_columns).in_(wanted))
+                .with_for_update()
+            )
+            for row in await self._session.execute(statement):
+                key = RollupKey(row[0], row[1], row[2], row[4], row[3])
+                merged[key] = dict(zip(row[5], row[6], strict=True))
+        for (key, bucket), count in deltas.histogram.items():
+            histogram = merged[key]
+            histogram[bucket] = histogram.get(bucket, 0) + count
+        return merged
 
     async def counts(self, query: RollupQuery) -> dict[GroupKey, RollupCounts]:
         shape, parameters = _prepared(query)
@@ -273,11 +341,17 @@ class SqlRollupStore:
 
     async def histograms(self, query: RollupQuery) -> dict[GroupKey, Histogram]:
         shape, parameters = _prepared(query)
-        statement = _detail_statement(rollup_histograms, "bucket", shape)
-        # Thousands of bucket rows share a handful of groups: key by the raw tuple first.
         collected: dict[tuple[Any, ...], dict[int, int]] = {}
-        for row in await self._session.execute(statement, parameters):
-            collected.setdefault(tuple(row[:3]), {})[int(row[3])] = int(row[4])
+        if dialect_name(self._session) == "postgresql":
+            # A few hundred buckets per group, summed by Postgres from the rows' arrays.
+            statement = _histogram_statement(shape)
+            for row in await self._session.execute(statement, parameters):
+                collected.setdefault(tuple(row[:3]), {})[int(row[3])] = int(row[4])
+        else:
+            for row in await self._session.execute(_histogram_rows_statement(shape), parameters):
+                counts = collected.setdefault(tuple(row[:3]), {})
+                for bucket, count in zip(row[3], row[4], strict=True):
+                    counts[bucket] = counts.get(bucket, 0) + count
         return {_group_key(group): Histogram(counts) for group, counts in collected.items()}
 
     async def errors(self, query: RollupQuery) -> dict[GroupKey, dict[str, int]]:

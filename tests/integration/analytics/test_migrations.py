@@ -10,7 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from analytics_service.core.ingest import Ingestor
@@ -24,7 +24,7 @@ from analytics_service.storage.migrate import (
     head_revisions,
     upgrade,
 )
-from analytics_service.storage.models import metadata
+from analytics_service.storage.models import metadata, rollups
 from tests.integration.analytics import scenario
 from tests.unit.analytics.builders import T0
 
@@ -84,3 +84,52 @@ async def test_the_migrated_schema_equals_the_models(engine: AsyncEngine) -> Non
 
     async with engine.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+HISTOGRAM_KEY = {
+    "tenant": "default",
+    "workflow_id": "orders",
+    "step_id": "charge",
+    "resolution": 1,
+    "minute": 100,
+}
+
+
+async def test_0002_folds_histogram_rows_into_arrays_and_back(engine: AsyncEngine) -> None:
+    await upgrade(engine, "0001")
+    columns = ", ".join(HISTOGRAM_KEY)
+    values = ", ".join(f":{name}" for name in HISTOGRAM_KEY)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                f"INSERT INTO rollups ({columns}, total, duration_min, duration_max) "
+                f"VALUES ({values}, 3, 1.0, 2.0)"
+            ),
+            HISTOGRAM_KEY,
+        )
+        await connection.execute(
+            text(
+                f"INSERT INTO rollup_histograms ({columns}, bucket, count) "
+                f"VALUES ({values}, :bucket, :count)"
+            ),
+            [
+                {**HISTOGRAM_KEY, "bucket": 35, "count": 2},
+                {**HISTOGRAM_KEY, "bucket": -4, "count": 1},
+            ],
+        )
+
+    await upgrade(engine)
+    async with engine.connect() as connection:
+        stored = (
+            await connection.execute(
+                select(rollups.c.histogram_buckets, rollups.c.histogram_counts)
+            )
+        ).one()
+    assert (list(stored[0]), list(stored[1])) == ([-4, 35], [1, 2])
+
+    await downgrade(engine, "0001")
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT bucket, count FROM rollup_histograms ORDER BY bucket")
+        )
+        assert [tuple(row) for row in rows] == [(-4, 1), (35, 2)]
