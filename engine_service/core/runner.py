@@ -147,7 +147,7 @@ class ExecutionRunner:
 
     async def _run(self) -> None:
         if self._state.status is ES.PENDING:
-            await self._commit([self._events.execution_event(self._state, ES.RUNNING)])
+            await self._commit_pipelined([self._events.execution_event(self._state, ES.RUNNING)])
         await self._recover_steps()
         deadline = self._deadline()
         while not self._state.status.is_terminal:
@@ -315,10 +315,23 @@ class ExecutionRunner:
                         step, step.action, run, attempt, step.output_schema
                     )
                     if outcome.status is SS.COMPLETED:
-                        await self._commit([self._finished_event(step, attempt, outcome)])
+                        await self._commit_pipelined([self._finished_event(step, attempt, outcome)])
                     return outcome
             if self._stopping:
                 return None
+
+    async def _commit_pipelined(self, events: Sequence[ExecutionEvent]) -> None:
+        """Stage `events` without waiting for them to be durable, so what follows from
+        them (the steps that were waiting for a COMPLETED, the first steps after the
+        run's RUNNING) is dispatched at once instead of one commit later. That is safe:
+        one execution's writes reach the store in staging order, so a dependent's RUNNING
+        (which its action waits for) is never durable before these events, and a failed
+        write stops the run (see `_written`). While a command holds the lock the events
+        queue behind its commit, as every other commit does."""
+        if self._lock.locked():
+            await self._commit(events)
+        else:
+            self._stage(events)
 
     async def _start_attempt(self, step: StepDefinition, attempt: int) -> bool:
         """Commit RUNNING if the run is RUNNING and not ending, atomically with the check."""
@@ -603,8 +616,15 @@ class ExecutionRunner:
         numbered: Sequence[ExecutionEvent],
         write: asyncio.Future[None],
     ) -> None:
-        if not write.cancelled() and write.exception() is None:
+        if write.cancelled():
+            return
+        error = write.exception()
+        if error is None:
             self._engine.committed(state, numbered)
+        elif self._crash is None:
+            # Not every write is awaited (see `_complete`): the failure stops the run here.
+            self._crash = error
+            self._wake()
 
     def _finished_event(
         self, step: StepDefinition, attempt: int, outcome: AttemptOutcome
