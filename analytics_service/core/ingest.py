@@ -28,12 +28,21 @@ class IngestResult:
 def ingest_lags(
     events: Sequence[ExecutionEvent], now: datetime
 ) -> dict[tuple[str, str], IngestLag]:
-    lags: dict[tuple[str, str], IngestLag] = {}
+    # Grouped first and summed per scope: no IngestLag per event, the same sums in the same
+    # order as merging them one by one.
+    moments: dict[tuple[str, str], list[datetime]] = {}
     for event in events:
-        seconds = max((now - event.occurred_at).total_seconds(), 0.0)
-        lag = IngestLag(count=1, total_seconds=seconds, max_seconds=seconds)
         scope = (event.tenant, event.workflow_id)
-        lags[scope] = lags[scope].merge(lag) if scope in lags else lag
+        if scope in moments:
+            moments[scope].append(event.occurred_at)
+        else:
+            moments[scope] = [event.occurred_at]
+    lags: dict[tuple[str, str], IngestLag] = {}
+    for scope, occurred in moments.items():
+        seconds = [max((now - moment).total_seconds(), 0.0) for moment in occurred]
+        lags[scope] = IngestLag(
+            count=len(seconds), total_seconds=sum(seconds), max_seconds=max(seconds)
+        )
     return lags
 
 

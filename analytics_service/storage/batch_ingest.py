@@ -155,6 +155,19 @@ def _rows_of(buckets: str, time: str) -> str:
     )
 
 
+# Merging a row's histogram costs ~70 us, appending the batch's buckets a few: a row's
+# arrays grow by appending and are merged (duplicates summed, sorted) once they pass
+# HISTOGRAM_APPEND_LIMIT entries, so a busy hour row is merged every few batches.
+HISTOGRAM_APPEND_LIMIT = 256
+_HISTOGRAM_SIZE = "cardinality(rollups.histogram_buckets) + cardinality(EXCLUDED.histogram_buckets)"
+_HISTOGRAM_UPDATE = f"""(histogram_buckets, histogram_counts) = (
+        SELECT * FROM histogram_merge(rollups.histogram_buckets, rollups.histogram_counts,
+            EXCLUDED.histogram_buckets, EXCLUDED.histogram_counts)
+        WHERE {_HISTOGRAM_SIZE} > {HISTOGRAM_APPEND_LIMIT}
+        UNION ALL
+        SELECT rollups.histogram_buckets || EXCLUDED.histogram_buckets,
+            rollups.histogram_counts || EXCLUDED.histogram_counts
+        WHERE {_HISTOGRAM_SIZE} <= {HISTOGRAM_APPEND_LIMIT})"""
 _ROLLUP_VALUES = (*_ADDED, *_EXTREMES, "histogram_buckets", "histogram_counts")
 _ROLLUP_UPDATES = ", ".join(
     [
@@ -163,9 +176,7 @@ _ROLLUP_UPDATES = ", ".join(
         "duration_max = GREATEST(rollups.duration_max, EXCLUDED.duration_max)",
         # The greatest action name wins, so the result does not depend on arrival order.
         "action = GREATEST(rollups.action, EXCLUDED.action)",
-        "(histogram_buckets, histogram_counts) = (SELECT * FROM histogram_merge("
-        "rollups.histogram_buckets, rollups.histogram_counts, "
-        "EXCLUDED.histogram_buckets, EXCLUDED.histogram_counts))",
+        _HISTOGRAM_UPDATE,
     ]
 )
 

@@ -114,9 +114,11 @@ rollups = Table(
     Column("duration_max", Double, nullable=False),
     _amount("time_saved_sum"),
     _amount("business_value_sum"),
-    # The log-bucket histogram of the durations (see core.histogram): bucket indexes in
-    # ascending order and the count of each. Postgres merges them in the upsert with the
-    # SQL function histogram_merge (migration 0002); SQLite in Python.
+    # The log-bucket histogram of the durations (see core.histogram): bucket indexes and
+    # the count of each. SQLite keeps them merged (ascending, each bucket once). Postgres
+    # appends each batch's buckets and merges them with the SQL function histogram_merge
+    # (migration 0002) once they pass batch_ingest.HISTOGRAM_APPEND_LIMIT entries: readers
+    # sum the counts of a bucket.
     Column("histogram_buckets", IntegerList, nullable=False),
     Column("histogram_counts", IntegerList, nullable=False),
     # Time-bounded reads across steps or workflows; the primary key serves one step.

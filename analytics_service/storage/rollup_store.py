@@ -328,7 +328,9 @@ class SqlRollupStore:
             )
             for row in await self._session.execute(statement):
                 key = RollupKey(row[0], row[1], row[2], row[4], row[3])
-                merged[key] = dict(zip(row[5], row[6], strict=True))
+                stored = merged[key]
+                for bucket, count in zip(row[5], row[6], strict=True):
+                    stored[bucket] = stored.get(bucket, 0) + count
         for (key, bucket), count in deltas.histogram.items():
             histogram = merged[key]
             histogram[bucket] = histogram.get(bucket, 0) + count

@@ -2,9 +2,9 @@
 
 rollup_histograms held one row per (rollup key, bucket), so a batch upserted nearly a row
 per event and a query read every bucket row. Each rollup row now carries its histogram as
-ascending bucket indexes and their counts: bigint[] on Postgres, merged in the upsert by
-`histogram_merge`, and JSON text on SQLite, merged in Python. Existing histograms are
-folded into the arrays (and unfolded again on downgrade).
+bucket indexes and their counts: bigint[] on Postgres, appended to by the upsert and merged
+by `histogram_merge` when they grow long, and JSON text on SQLite, merged in Python.
+Existing histograms are folded into the arrays (and unfolded again on downgrade).
 
 On Postgres rollup rows also get room for HOT updates and stay uncompressed in line up to
 8 KB, so that the upsert of a busy hour row neither touches its indexes nor re-compresses
@@ -148,8 +148,9 @@ def downgrade() -> None:
             """
             INSERT INTO rollup_histograms (tenant, workflow_id, step_id, resolution, minute,
                 bucket, count)
-            SELECT tenant, workflow_id, step_id, resolution, minute, h.bucket, h.count
+            SELECT tenant, workflow_id, step_id, resolution, minute, h.bucket, sum(h.count)
             FROM rollups, unnest(histogram_buckets, histogram_counts) AS h(bucket, count)
+            GROUP BY tenant, workflow_id, step_id, resolution, minute, h.bucket
             """
         )
         op.execute("ALTER TABLE rollups RESET (fillfactor, toast_tuple_target)")
