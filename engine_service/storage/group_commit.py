@@ -18,21 +18,17 @@ import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 T = TypeVar("T")
-Writer = Callable[[AsyncConnection, Sequence[T]], Awaitable[None]]
+# Writes a batch atomically: all of it or, raising, none of it.
+Transaction = Callable[[Sequence[T]], Awaitable[None]]
 
 
 Pending = tuple[T, "asyncio.Future[None]"]
 
 
 class GroupCommitter(Generic[T]):
-    def __init__(
-        self, engine: AsyncEngine, write: Writer[T], *, max_batch: int, writers: int = 1
-    ) -> None:
-        self._engine = engine
-        self._write = write
+    def __init__(self, transaction: Transaction[T], *, max_batch: int, writers: int = 1) -> None:
+        self._transaction = transaction
         self._max_batch = max_batch
         self._queues: list[asyncio.Queue[Pending[T]]] = [asyncio.Queue() for _ in range(writers)]
         self._workers: dict[int, asyncio.Task[None]] = {}
@@ -91,10 +87,6 @@ class GroupCommitter(Generic[T]):
         self.items += len(batch)
         for _, future in batch:
             _settle(future, None)
-
-    async def _transaction(self, items: Sequence[T]) -> None:
-        async with self._engine.begin() as connection:
-            await self._write(connection, items)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -51,7 +51,7 @@ from engine_service.storage.models import (
     workflow_definitions,
 )
 from engine_service.storage.notices import NOTIFY_CHANNEL, notice_payloads
-from engine_service.storage.pg_append import append_batch
+from engine_service.storage.pg_append import PgAppender
 from engine_service.storage.schedule_store import SqlScheduleStore
 
 # Stored definitions passed validation when registered; loading them must not fail
@@ -80,8 +80,13 @@ class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
         self._on_close = on_close
         # SQLite has one writer at a time; Postgres flushes concurrent commits together.
         writers = 4 if engine.dialect.name == "postgresql" else 1
+        self._appender = (
+            PgAppender(engine.url.render_as_string(hide_password=False), writers)
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         self._committer: GroupCommitter[Append] = GroupCommitter(
-            engine, self._write_appends, max_batch=max_batch, writers=writers
+            self._write_appends, max_batch=max_batch, writers=writers
         )
         self._definitions: dict[tuple[str, str, int], WorkflowDefinition] = {}
 
@@ -95,6 +100,8 @@ class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
 
     async def close(self) -> None:
         await self._committer.close()
+        if self._appender is not None:
+            await self._appender.close()
         await self._engine.dispose()
         if self._on_close is not None:
             self._on_close()
@@ -237,17 +244,21 @@ class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
             return done
         return self._committer.enqueue((state, events), key=state.id)
 
-    async def _write_appends(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
-        """One batch of appends: a fixed number of round trips, whatever its size."""
+    async def _write_appends(self, batch: Sequence[Append]) -> None:
+        """One batch of appends, atomically, in a fixed number of round trips."""
         batch = _merged(batch)
-        if self.dialect == "postgresql":
-            written = await append_batch(
-                connection, batch, owner=self._owner, needs_snapshot=_needs_snapshot
-            )
-            if not written:
-                await self._check_sequences(connection, batch)  # raises the precise error
+        if self._appender is not None:
+            if not await self._appender.write(
+                batch, owner=self._owner, needs_snapshot=_needs_snapshot
+            ):
+                async with self._engine.begin() as connection:
+                    await self._check_sequences(connection, batch)  # raises the precise error
                 raise ConcurrentModification(execution_id=batch[0][0].id, expected_sequence=-1)
             return
+        async with self._engine.begin() as connection:
+            await self._write_stepwise(connection, batch)
+
+    async def _write_stepwise(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
         await self._check_sequences(connection, batch)
         progress = [{"b_id": state.id, **progress_columns(state)} for state, _ in batch]
         await connection.execute(_UPDATE_PROGRESS, progress)
