@@ -622,7 +622,7 @@ class ExecutionRunner:
         if error is None:
             self._engine.committed(state, numbered)
         elif self._crash is None:
-            # Not every write is awaited (see `_complete`): the failure stops the run here.
+            # Not every write is awaited (see `_commit_pipelined`): the failure stops the run here.
             self._crash = error
             self._wake()
 
