@@ -287,6 +287,8 @@ def resolve(
 
     Raises InvalidReference for malformed references (validation rejects those earlier).
     """
+    if isinstance(value, Mapping) and not value:  # no parameters: nothing to resolve
+        return Resolution(value={})
     resolver = _Resolver(roots={"inputs": inputs, "steps": steps, "secrets": secrets})
     resolved = resolver.value(value)
     return Resolution(

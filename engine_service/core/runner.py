@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 ES = ExecutionStatus
 SS = StepStatus
+# The statuses a step can be started or settled from by `_start_ready_steps`.
+_OPEN_STATUSES = frozenset({SS.PENDING, SS.PAUSED})
 
 
 class ExecutionRunner:
@@ -62,6 +64,7 @@ class ExecutionRunner:
         self._events = ExecutionEvents(definition, engine.clock)
         self._decisions = StepDecisions(definition, engine.secrets)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._open_steps = list(definition.steps)
         self._wakeup = asyncio.Event()
         self._running_gate = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -209,7 +212,10 @@ class ExecutionRunner:
         """Launch or settle every ready step; the writes of what was settled."""
         writes: list[asyncio.Future[None]] = []
         waiting: list[tuple[StepDefinition, SettleStep]] = []
-        for step in self._definition.steps:
+        # A step that left PENDING and PAUSED never comes back to them: stop looking at it.
+        steps = self._state.steps
+        self._open_steps = [s for s in self._open_steps if steps[s.id].status in _OPEN_STATUSES]
+        for step in self._open_steps:
             if self._failure is not None:
                 return writes
             if not self._is_ready(step):
