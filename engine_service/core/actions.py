@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from engine_service.core.conditions import evaluate_expression
@@ -25,6 +26,10 @@ class ActionContext:
     workflow_id: str
     # `inputs` and `steps` as conditions see them, for actions that compute over them.
     activation: Mapping[str, Any] = field(default_factory=dict)
+    # Set when this attempt re-runs one the engine lost by stopping mid-attempt: when the
+    # lost attempt started. An action with a lasting effect (a child execution) looks for
+    # what the lost attempt left since then and takes it over instead of doing it twice.
+    lost_attempt_started: datetime | None = None
 
 
 Action = Callable[[Mapping[str, Any], ActionContext], Awaitable[Any]]

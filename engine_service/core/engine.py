@@ -14,7 +14,7 @@ import random
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -387,9 +387,14 @@ class Engine:
                 error_type="SubWorkflowDepthExceeded",
                 retryable=False,
             )
-        child = await self._start_child(parameters, context, workflow_id, parent.depth + 1)
+        adopted = None
+        if context.lost_attempt_started is not None:
+            adopted = await self._child_of_lost_attempt(context, context.lost_attempt_started)
+        child = adopted or await self._start_child(
+            parameters, context, workflow_id, parent.depth + 1
+        )
         try:
-            final = await self.wait_for(child.id)
+            final = await (self._wait_until_ended(child.id) if adopted else self.wait_for(child.id))
         except asyncio.CancelledError:
             # The parent step was cancelled or timed out: its child must not run on alone.
             runner = self._runners.get(child.id)
@@ -402,6 +407,36 @@ class Engine:
                 error_type="ChildWorkflowFailed",
             )
         return {"execution_id": child.id, "status": final.status.value, "outputs": final.outputs}
+
+    async def _child_of_lost_attempt(
+        self, context: ActionContext, lost_started: datetime
+    ) -> ExecutionState | None:
+        """The child the lost attempt of this step started, if any: the newest child of
+        the step still running or ended since that attempt started."""
+        query = ExecutionQuery(
+            tenant=context.tenant, parent_execution_id=context.execution_id, page_size=1000
+        )
+        children = [
+            child
+            for child in (await self.store.list_executions(query)).items
+            if child.parent_step_id == context.step_id
+            and (child.finished_at is None or child.finished_at >= lost_started)
+        ]
+        return max(children, key=lambda child: child.created_at, default=None)
+
+    async def _wait_until_ended(self, execution_id: str) -> ExecutionState:
+        """Like `wait_for`, but an execution no runner here drives yet (a child taken over
+        after a restart may be claimed a moment later, or by another replica) is read
+        again until it ends."""
+        delay = 0.05
+        while (runner := self._runners.get(execution_id)) is None:
+            state = await self.store.get_execution(execution_id)
+            if state.status.is_terminal:
+                return state
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
+        await runner.finished.wait()
+        return await self.store.get_execution(execution_id)
 
     async def _start_child(
         self, parameters: Mapping[str, Any], context: ActionContext, workflow_id: str, depth: int

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from engine_service.core import references
@@ -65,6 +65,8 @@ class ExecutionRunner:
         self._decisions = StepDecisions(definition, engine.secrets)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._open_steps = list(definition.steps)
+        # Steps whose running attempt the previous engine lost: when that attempt started.
+        self._lost_attempts: dict[str, datetime] = {}
         self._wakeup = asyncio.Event()
         self._running_gate = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -404,6 +406,7 @@ class ExecutionRunner:
             tenant=self._state.tenant,
             workflow_id=self._state.workflow_id,
             activation=self._decisions.lazy_activation(self._state),
+            lost_attempt_started=self._lost_attempts.pop(step.id, None),
         )
 
     async def _sleep_until_retry(self, step: StepState) -> None:
@@ -496,6 +499,8 @@ class ExecutionRunner:
         engine's death is not the step's failure, so it never uses up the retry budget:
         the re-attempt runs even when `max_attempts` was reached.
         """
+        if current.started_at is not None:
+            self._lost_attempts[step.id] = current.started_at
         await self._commit_retrying(step, current.attempt, lost, 0.0)
         self._launch_recovered(step)
 

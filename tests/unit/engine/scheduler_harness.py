@@ -15,6 +15,7 @@ from typing import Any
 from engine_service.core.actions import ActionContext, ActionError, ActionRegistry, builtin_actions
 from engine_service.core.clock import LoopClock
 from engine_service.core.engine import Engine, EngineConfig
+from engine_service.core.errors import StorageError
 from engine_service.core.state import (
     EventKind,
     ExecutionEvent,
@@ -155,3 +156,21 @@ def seconds(event: ExecutionEvent, origin: ExecutionEvent) -> float:
 def replayed(final: ExecutionState, events: Sequence[ExecutionEvent]) -> ExecutionState:
     """Fold every event from a blank state: raises IllegalTransition on a forbidden move."""
     return replay(blank(final), list(events))
+
+
+class FailingStore(InMemoryStore):
+    """Fails the first append whose events include `step_id` reaching `status`."""
+
+    def __init__(self, step_id: str, status: StepStatus) -> None:
+        super().__init__()
+        self.step_id = step_id
+        self.status = status
+        self.failed = False
+
+    async def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> None:
+        if not self.failed and any(
+            e.step_id == self.step_id and e.step_status is self.status for e in events
+        ):
+            self.failed = True
+            raise StorageError("disk full")
+        await super().append(state, events)

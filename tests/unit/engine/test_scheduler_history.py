@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from engine_service.core.engine import Engine
-from engine_service.core.errors import InvalidArgument, StorageError
+from engine_service.core.errors import InvalidArgument
 from engine_service.core.state import (
     EventKind,
     ExecutionEvent,
@@ -21,6 +21,7 @@ from engine_service.core.store import InMemoryStore
 from tests.unit.engine.conftest import EngineFactory
 from tests.unit.engine.scheduler_harness import (
     TENANT,
+    FailingStore,
     Probe,
     replayed,
     run,
@@ -302,24 +303,6 @@ async def test_a_listener_sees_every_commit_in_order(engine: Engine) -> None:
     assert [e for _, batch in seen for e in batch] == events
     assert seen[-1][0] == final
     assert all(state.last_sequence == batch[-1].sequence for state, batch in seen)
-
-
-class FailingStore(InMemoryStore):
-    """Fails the first append whose events include `step_id` reaching `status`."""
-
-    def __init__(self, step_id: str, status: StepStatus) -> None:
-        super().__init__()
-        self.step_id = step_id
-        self.status = status
-        self.failed = False
-
-    async def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> None:
-        if not self.failed and any(
-            e.step_id == self.step_id and e.step_status is self.status for e in events
-        ):
-            self.failed = True
-            raise StorageError("disk full")
-        await super().append(state, events)
 
 
 async def test_a_store_failure_in_a_step_stops_the_runner_and_a_restart_recovers(

@@ -8,9 +8,9 @@ import pytest
 
 from engine_service.core.engine import Engine, EngineConfig
 from engine_service.core.state import ExecutionStatus, StepStatus
-from engine_service.core.store import ExecutionQuery
+from engine_service.core.store import ExecutionQuery, InMemoryStore
 from tests.unit.engine.conftest import EngineFactory
-from tests.unit.engine.scheduler_harness import TENANT, run, settle, start
+from tests.unit.engine.scheduler_harness import TENANT, FailingStore, run, settle, start
 
 pytestmark = pytest.mark.looptime
 
@@ -236,3 +236,99 @@ async def test_a_timed_out_workflow_step_cancels_its_child(engine: Engine) -> No
     assert child.status is ES.CANCELLED
     assert child.error is not None
     assert child.error.message == "the parent step was cancelled"
+
+
+DELAYED_CHILD = {
+    "id": "child",
+    "steps": [{"id": "wait", "action": "delay", "parameters": {"seconds": 100}}],
+}
+PARENT = {
+    "id": "parent",
+    "steps": [{"id": "sub", "action": "workflow", "parameters": {"workflow_id": "child"}}],
+}
+
+
+async def restarted(engines: EngineFactory, first: Engine, store: InMemoryStore) -> Engine:
+    await first.stop()
+    second = engines(store)
+    await second.start()
+    return second
+
+
+async def test_after_a_restart_the_step_takes_over_the_child_its_lost_attempt_started(
+    engines: EngineFactory,
+) -> None:
+    store = InMemoryStore()
+    first = engines(store)
+    await first.register_workflow(DELAYED_CHILD, TENANT)
+    parent = await start(first, PARENT)
+    await asyncio.sleep(10)
+    (child_id,) = await children_of(first, parent.id)
+    second = await restarted(engines, first, store)
+    final = await second.wait_for(parent.id)
+    assert final.status is ES.COMPLETED
+    # The re-attempt waited for the same child, which the second engine also took over.
+    assert await children_of(second, parent.id) == [child_id]
+    assert final.steps["sub"].attempt == 2
+    assert final.steps["sub"].output["execution_id"] == child_id
+    # The child's own step lost its attempt too and ran its 100 s again from the restart.
+    assert asyncio.get_running_loop().time() == 110.0
+
+
+async def test_a_child_that_ended_before_the_restart_is_not_run_again(
+    engines: EngineFactory,
+) -> None:
+    store = FailingStore("sub", SS.COMPLETED)
+    first = engines(store)
+    await first.register_workflow(CHILD, TENANT)
+    parent = await start(
+        first,
+        {
+            "id": "parent",
+            "steps": [
+                {
+                    "id": "sub",
+                    "action": "workflow",
+                    "parameters": {"workflow_id": "child", "inputs": {"n": 21}},
+                }
+            ],
+        },
+    )
+    # The child ends, but the write of the parent's step COMPLETED fails: the parent's
+    # runner stops with its step RUNNING, as if the engine had died right there.
+    stopped = await first.wait_for(parent.id)
+    assert stopped.steps["sub"].status is SS.RUNNING
+    (child_id,) = await children_of(first, parent.id)
+    assert (await first.get_execution(child_id)).status is ES.COMPLETED
+    second = await restarted(engines, first, store)
+    final = await second.wait_for(parent.id)
+    assert final.status is ES.COMPLETED
+    assert await children_of(second, parent.id) == [child_id]
+    assert final.steps["sub"].output["outputs"] == {"double": 42}
+
+
+async def test_a_retry_after_a_failed_child_starts_a_new_child(
+    engines: EngineFactory,
+) -> None:
+    store = InMemoryStore()
+    first = engines(store)
+    await first.register_workflow(
+        {"id": "child", "steps": [{"id": "x", "action": "fail", "parameters": {"times": 9}}]},
+        TENANT,
+    )
+    final, _ = await run(
+        first,
+        {
+            "id": "parent",
+            "steps": [
+                {
+                    "id": "sub",
+                    "action": "workflow",
+                    "parameters": {"workflow_id": "child"},
+                    "retry": {"max_attempts": 2, "initial_interval": "1s"},
+                }
+            ],
+        },
+    )
+    assert final.status is ES.FAILED
+    assert len(await children_of(first, final.id)) == 2
