@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,3 +174,11 @@ class FailingStore(InMemoryStore):
             self.failed = True
             raise StorageError("disk full")
         await super().append(state, events)
+
+
+async def restart(engines: Callable[..., Engine], first: Engine, store: ExecutionStore) -> Engine:
+    """Stop `first` and start a new engine on the same store, as after a process restart."""
+    await first.stop()
+    second = engines(store)
+    await second.start()
+    return second

@@ -24,6 +24,7 @@ from tests.unit.engine.scheduler_harness import (
     FailingStore,
     Probe,
     replayed,
+    restart,
     run,
     seconds,
     settle,
@@ -50,13 +51,6 @@ CHAIN = {
         {"id": "c", "action": "probe", "depends_on": ["b"]},
     ],
 }
-
-
-async def restart(engines: EngineFactory, first: Engine, store: InMemoryStore) -> Engine:
-    await first.stop()
-    second = engines(store)
-    await second.start()
-    return second
 
 
 async def test_sequences_are_gap_free_from_one_and_replay_to_the_stored_state(

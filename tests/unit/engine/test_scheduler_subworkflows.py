@@ -10,7 +10,14 @@ from engine_service.core.engine import Engine, EngineConfig
 from engine_service.core.state import ExecutionStatus, StepStatus
 from engine_service.core.store import ExecutionQuery, InMemoryStore
 from tests.unit.engine.conftest import EngineFactory
-from tests.unit.engine.scheduler_harness import TENANT, FailingStore, run, settle, start
+from tests.unit.engine.scheduler_harness import (
+    TENANT,
+    FailingStore,
+    restart,
+    run,
+    settle,
+    start,
+)
 
 pytestmark = pytest.mark.looptime
 
@@ -248,13 +255,6 @@ PARENT = {
 }
 
 
-async def restarted(engines: EngineFactory, first: Engine, store: InMemoryStore) -> Engine:
-    await first.stop()
-    second = engines(store)
-    await second.start()
-    return second
-
-
 async def test_after_a_restart_the_step_takes_over_the_child_its_lost_attempt_started(
     engines: EngineFactory,
 ) -> None:
@@ -264,7 +264,7 @@ async def test_after_a_restart_the_step_takes_over_the_child_its_lost_attempt_st
     parent = await start(first, PARENT)
     await asyncio.sleep(10)
     (child_id,) = await children_of(first, parent.id)
-    second = await restarted(engines, first, store)
+    second = await restart(engines, first, store)
     final = await second.wait_for(parent.id)
     assert final.status is ES.COMPLETED
     # The re-attempt waited for the same child, which the second engine also took over.
@@ -300,7 +300,7 @@ async def test_a_child_that_ended_before_the_restart_is_not_run_again(
     assert stopped.steps["sub"].status is SS.RUNNING
     (child_id,) = await children_of(first, parent.id)
     assert (await first.get_execution(child_id)).status is ES.COMPLETED
-    second = await restarted(engines, first, store)
+    second = await restart(engines, first, store)
     final = await second.wait_for(parent.id)
     assert final.status is ES.COMPLETED
     assert await children_of(second, parent.id) == [child_id]
