@@ -30,6 +30,9 @@ class ActionContext:
     # lost attempt started. An action with a lasting effect (a child execution) looks for
     # what the lost attempt left since then and takes it over instead of doing it twice.
     lost_attempt_started: datetime | None = None
+    # Called by an action that starts (or takes over) a child execution, with its id: the
+    # step's state and its finished event name the child.
+    child_started: Callable[[str], None] = field(default=lambda _child_id: None)
 
 
 Action = Callable[[Mapping[str, Any], ActionContext], Awaitable[Any]]

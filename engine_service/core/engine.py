@@ -393,6 +393,7 @@ class Engine:
         child = adopted or await self._start_child(
             parameters, context, workflow_id, parent.depth + 1
         )
+        context.child_started(child.id)
         try:
             final = await (self._wait_until_ended(child.id) if adopted else self.wait_for(child.id))
         except asyncio.CancelledError:

@@ -88,6 +88,7 @@ class ExecutionEvents:
         duration: float | None = None,
         missing: tuple[str, ...] = (),
         next_attempt_at: Any = None,
+        child_execution_id: str = "",
     ) -> ExecutionEvent:
         step = self._definition.step(step_id)
         current = state.steps[step_id]
@@ -105,4 +106,5 @@ class ExecutionEvents:
             missing_inputs=missing,
             next_attempt_at=next_attempt_at,
             depends_on=step.depends_on,
+            child_execution_id=child_execution_id,
         )

@@ -67,6 +67,8 @@ class ExecutionRunner:
         self._open_steps = list(definition.steps)
         # Steps whose running attempt the previous engine lost: when that attempt started.
         self._lost_attempts: dict[str, datetime] = {}
+        # The child execution each step's current attempt started (the `workflow` action).
+        self._children: dict[str, str] = {}
         self._wakeup = asyncio.Event()
         self._running_gate = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -407,6 +409,7 @@ class ExecutionRunner:
             workflow_id=self._state.workflow_id,
             activation=self._decisions.lazy_activation(self._state),
             lost_attempt_started=self._lost_attempts.pop(step.id, None),
+            child_started=functools.partial(self._children.__setitem__, step.id),
         )
 
     async def _sleep_until_retry(self, step: StepState) -> None:
@@ -459,6 +462,7 @@ class ExecutionRunner:
             output=outcome.output,
             error=outcome.error,
             duration=outcome.duration,
+            child_execution_id=self._children.pop(step.id, ""),
         )
         await self._commit([event])
         if status is SS.FAILED:
@@ -587,6 +591,7 @@ class ExecutionRunner:
                         output=outcome.output,
                         error=outcome.error,
                         duration=outcome.duration,
+                        child_execution_id=self._children.pop(step_id, ""),
                     )
                 ]
             )
@@ -648,6 +653,7 @@ class ExecutionRunner:
             error=outcome.error,
             output=outcome.output,
             duration=outcome.duration,
+            child_execution_id=self._children.pop(step.id, ""),
         )
 
 

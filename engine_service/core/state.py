@@ -307,6 +307,7 @@ def _apply_fallback(state: ExecutionState, event: ExecutionEvent) -> dict[str, A
         output=event.output,
         error=event.error,
         finished_at=event.timestamp,
+        child_execution_id=event.child_execution_id or current.child_execution_id,
     )
     order = state.completion_order
     if target is SS.COMPLETED:

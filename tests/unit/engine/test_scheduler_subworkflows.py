@@ -57,6 +57,7 @@ async def test_the_workflow_action_runs_a_child_and_takes_its_outputs(engine: En
     output = final.steps["sub"].output
     (child_id,) = await children_of(engine, final.id)
     assert output == {"execution_id": child_id, "status": "COMPLETED", "outputs": {"double": 42}}
+    assert final.steps["sub"].child_execution_id == child_id
     child = await engine.get_execution(child_id)
     assert child.id != final.id
     assert (child.parent_execution_id, child.parent_step_id) == (final.id, "sub")
@@ -76,6 +77,7 @@ async def test_a_failed_child_fails_the_parent_step(engine: Engine) -> None:
         },
     )
     assert final.status is ES.FAILED
+    assert final.steps["sub"].child_execution_id == (await children_of(engine, final.id))[0]
     error = final.steps["sub"].error
     assert error is not None
     assert error.type == "ChildWorkflowFailed"
@@ -271,6 +273,7 @@ async def test_after_a_restart_the_step_takes_over_the_child_its_lost_attempt_st
     assert await children_of(second, parent.id) == [child_id]
     assert final.steps["sub"].attempt == 2
     assert final.steps["sub"].output["execution_id"] == child_id
+    assert final.steps["sub"].child_execution_id == child_id
     # The child's own step lost its attempt too and ran its 100 s again from the restart.
     assert asyncio.get_running_loop().time() == 110.0
 
