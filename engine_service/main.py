@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 from engine_service.core.bus import EventBus
@@ -53,7 +54,10 @@ async def serve(settings: EngineSettings) -> None:
     try:
         engine = Engine(
             store,
-            config=settings.engine_config(),
+            config=replace(
+                settings.engine_config(),
+                commands_across_processes=not is_single_process(database_url),
+            ),
             bus=EventBus(queue_size=settings.watch_buffer_events),
         )
         metrics.bind(engine)
@@ -71,7 +75,12 @@ async def serve(settings: EngineSettings) -> None:
         listener = (
             None
             if is_single_process(database_url)
-            else EventListener(database_url, engine.publish_remote, origin=settings.instance_id)
+            else EventListener(
+                database_url,
+                engine.publish_remote,
+                origin=settings.instance_id,
+                on_command=engine.apply_commands,
+            )
         )
         if listener is not None:
             await listener.start()

@@ -53,6 +53,7 @@ class LeaseKeeper:
     async def start(self) -> int:
         """Claim what is claimable now, then keep leases in the background."""
         claimed = await self.claim(take_over=self._settings.take_over_on_start)
+        await self._engine.apply_commands()
         self._task = asyncio.create_task(self._keep(), name="lease-keeper")
         return claimed
 
@@ -97,5 +98,8 @@ class LeaseKeeper:
             try:
                 await self.renew()
                 await self.claim()
+                # Commands whose notice was missed, or stored before this process claimed
+                # the execution they are for.
+                await self._engine.apply_commands()
             except Exception:  # the store may be briefly unreachable: try again next round
                 log.exception("lease round failed")

@@ -238,7 +238,7 @@ class Scheduler:
                 self.config.cancel_wait_seconds,
             )
         except IllegalTransition:
-            # It ended meanwhile, or another replica drives it and will not hear us.
+            # It ended meanwhile (another replica that drives it is sent the cancel).
             log.warning("schedule %s: could not cancel execution %s", schedule.id, state.id)
         except TimeoutError:
             log.warning("schedule %s: execution %s is slow to cancel", schedule.id, state.id)

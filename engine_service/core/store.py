@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Generic, TypeVar
 
+from engine_service.core.commands import Command, CommandOutcome
 from engine_service.core.errors import ConcurrentModification, InvalidArgument, NotFound, Problem
 from engine_service.core.model import WorkflowDefinition
 from engine_service.core.schedules import Schedule, ScheduleQuery
@@ -161,6 +162,25 @@ class ExecutionStore(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release connections; the in-memory store has none."""
 
+    # ---- commands for another process's executions (see `core.commands`) -------------
+
+    @abc.abstractmethod
+    async def add_command(self, command: Command) -> None:
+        """Store a pending command (and, where processes can be told, tell them)."""
+
+    @abc.abstractmethod
+    async def pending_commands(self) -> list[Command]:
+        """Every command not decided yet, oldest first."""
+
+    @abc.abstractmethod
+    async def get_command(self, command_id: str) -> Command: ...
+
+    @abc.abstractmethod
+    async def decide_command(
+        self, command_id: str, outcome: CommandOutcome, detail: str = ""
+    ) -> bool:
+        """Record the outcome of a pending command; False if it was decided already."""
+
     # ---- schedules -------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -233,6 +253,7 @@ class InMemoryStore(ExecutionStore):
         self._leases: dict[str, Lease] = {}
         self._schedules: dict[str, Schedule] = {}
         self._schedule_claims: dict[str, Lease] = {}
+        self._commands: dict[str, Command] = {}
         self._lock = asyncio.Lock()
 
     async def add_workflow(self, definition: WorkflowDefinition) -> WorkflowDefinition:
@@ -328,6 +349,28 @@ class InMemoryStore(ExecutionStore):
                     self._leases[state.id] = lease
                     claimed.append(state)
             return claimed
+
+    async def add_command(self, command: Command) -> None:
+        self._commands[command.id] = command
+
+    async def pending_commands(self) -> list[Command]:
+        pending = [c for c in self._commands.values() if c.outcome is CommandOutcome.PENDING]
+        return sorted(pending, key=lambda command: command.requested_at)
+
+    async def get_command(self, command_id: str) -> Command:
+        try:
+            return self._commands[command_id]
+        except KeyError:
+            raise NotFound(kind="command", key=command_id) from None
+
+    async def decide_command(
+        self, command_id: str, outcome: CommandOutcome, detail: str = ""
+    ) -> bool:
+        command = await self.get_command(command_id)
+        if command.outcome is not CommandOutcome.PENDING:
+            return False
+        self._commands[command_id] = replace(command, outcome=outcome, detail=detail)
+        return True
 
     async def renew_leases(self, lease: Lease, execution_ids: Sequence[str]) -> set[str]:
         async with self._lock:

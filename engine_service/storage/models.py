@@ -174,3 +174,29 @@ Index(
     postgresql_where=text("schedule_id <> ''"),
     sqlite_where=text("schedule_id <> ''"),
 )
+
+
+class ExecutionCommandRow(Base):
+    """A cancel, pause or resume for the process that drives the execution to apply
+    (see `core.commands`); `outcome` is PENDING until it does."""
+
+    __tablename__ = "execution_commands"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    execution_id: Mapped[str] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[datetime] = mapped_column(Timestamp)
+    reason: Mapped[str] = mapped_column(Text)
+    inputs: Mapped[dict[str, Any]] = mapped_column(Json)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text)
+
+
+execution_commands: Table = ExecutionCommandRow.__table__  # type: ignore[assignment]
+# Processes look for the pending commands on every lease round.
+Index(
+    "ix_execution_commands_pending",
+    execution_commands.c.requested_at,
+    postgresql_where=text("outcome = 'PENDING'"),
+    sqlite_where=text("outcome = 'PENDING'"),
+)

@@ -12,6 +12,8 @@ from typing import NamedTuple
 from engine_service.core.state import ExecutionEvent, ExecutionState
 
 NOTIFY_CHANNEL = "stepstream_events"
+# A command was stored for an execution (the payload is its id): see `command_store`.
+COMMANDS_CHANNEL = "stepstream_commands"
 
 
 class Notice(NamedTuple):

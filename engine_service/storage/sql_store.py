@@ -41,6 +41,7 @@ from engine_service.storage.codec import (
     snapshot_from_row,
     state_snapshot,
 )
+from engine_service.storage.command_store import SqlCommandStore
 from engine_service.storage.group_commit import GroupCommitter
 from engine_service.storage.models import (
     execution_events,
@@ -64,7 +65,7 @@ Append = tuple[ExecutionState, Sequence[ExecutionEvent]]
 SNAPSHOT_EVERY = 64
 
 
-class SqlExecutionStore(SqlScheduleStore, ExecutionStore):
+class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
     def __init__(
         self,
         engine: AsyncEngine,

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from engine_service.core.commands import CommandNotTaken
 from engine_service.core.errors import (
     ConcurrentModification,
     IllegalTransition,
@@ -166,6 +167,9 @@ def status_for(exc: Exception) -> grpc.Status:
         return unauthenticated(exc)
     if isinstance(exc, IllegalTransition):
         return failed_precondition(exc)
+    if isinstance(exc, CommandNotTaken):
+        # Recorded, not applied yet: it will be once a process drives the execution.
+        return _status(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
     if isinstance(exc, ConcurrentModification):
         return aborted(exc)
     if isinstance(exc, StreamEnded):

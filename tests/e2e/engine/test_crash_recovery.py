@@ -227,3 +227,45 @@ async def test_a_second_engine_on_one_sqlite_file_is_refused_with_the_reason(
         await launch(sqlite_url, tmp_path / "second.log", {"instance_id": "second"})
     assert "SQLite supports one engine process" in str(refused.value)
     assert "Postgres" in str(refused.value)
+
+
+async def test_commands_sent_to_the_replica_that_does_not_drive_the_run(
+    postgres_url: str, tmp_path: Path, processes: list[EngineProcess]
+) -> None:
+    # Slow lease rounds: only the notice can make the driver apply a command quickly.
+    leases = {"lease_seconds": "30", "lease_interval_seconds": "20"}
+    log = tmp_path / "engine.log"
+    driver = await launch(postgres_url, log, {**leases, "instance_id": "driver"})
+    other = await launch(postgres_url, log, {**leases, "instance_id": "other"})
+    processes += [driver, other]
+    slow = {
+        "id": "slow",
+        "steps": [{"id": "wait", "action": "delay", "parameters": {"seconds": 60}}],
+    }
+    async with (
+        aio.insecure_channel(driver.target) as to_driver,
+        aio.insecure_channel(other.target) as to_other,
+    ):
+        stub = engine_pb2_grpc.EngineServiceStub(to_driver)
+        elsewhere = engine_pb2_grpc.EngineServiceStub(to_other)
+        await register(stub, definition(slow))
+        ids = []
+        for _ in range(2):
+            reply = await stub.StartExecution(engine_pb2.StartExecutionRequest(workflow_id="slow"))
+            ids.append(reply.execution.id)
+        paused = await bounded(
+            elsewhere.PauseExecution(engine_pb2.PauseExecutionRequest(execution_id=ids[0]))
+        )
+        assert paused.execution.status == execution_status("PAUSED")
+        cancelled = await bounded(
+            elsewhere.CancelExecution(
+                engine_pb2.CancelExecutionRequest(execution_id=ids[1], reason="not needed")
+            )
+        )
+        assert cancelled.execution.status == execution_status("CANCELLED")
+        with pytest.raises(aio.AioRpcError) as refused:
+            await bounded(
+                elsewhere.CancelExecution(engine_pb2.CancelExecutionRequest(execution_id=ids[1]))
+            )
+        assert refused.value.code().name == "FAILED_PRECONDITION"
+    assert "stopped driving execution" not in log.read_text()

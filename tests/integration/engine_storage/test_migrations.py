@@ -24,6 +24,7 @@ TABLES = {
     "execution_events",
     "leases",
     "schedules",
+    "execution_commands",
 }
 
 

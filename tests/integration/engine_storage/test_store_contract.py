@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from engine_service.core.commands import Command, CommandKind, CommandOutcome
 from engine_service.core.definitions import parse_definition
 from engine_service.core.engine import Engine
 from engine_service.core.errors import ConcurrentModification, InvalidArgument, NotFound
@@ -319,3 +320,32 @@ async def test_concurrent_appends_of_many_executions_all_land(store: ExecutionSt
     for final in finals:
         assert await store.get_execution(final.id) == final
         assert len(await store.read_events(final.id)) == 4
+
+
+async def test_commands_are_pending_until_decided_once(store: ExecutionStore) -> None:
+    first = Command(
+        id=str(uuid.uuid4()),
+        execution_id="e1",
+        kind=CommandKind.RESUME,
+        requested_at=T0,
+        inputs={"approved": True, "note": "ok"},
+    )
+    second = Command(
+        id=str(uuid.uuid4()),
+        execution_id="e2",
+        kind=CommandKind.CANCEL,
+        requested_at=T0 + timedelta(seconds=1),
+        reason="not needed",
+    )
+    await store.add_command(second)
+    await store.add_command(first)
+    assert await store.pending_commands() == [first, second]
+    assert await store.get_command(first.id) == first
+
+    assert await store.decide_command(first.id, CommandOutcome.REFUSED, "COMPLETED")
+    assert not await store.decide_command(first.id, CommandOutcome.APPLIED)
+    decided = await store.get_command(first.id)
+    assert (decided.outcome, decided.detail) == (CommandOutcome.REFUSED, "COMPLETED")
+    assert await store.pending_commands() == [second]
+    with pytest.raises(NotFound):
+        await store.get_command("no-such-command")
