@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine_service.core.errors import EngineError
+from engine_service.core.clock import Clock
+from engine_service.core.errors import EngineError, IllegalTransition
+from engine_service.core.state import ExecutionStatus
+
+if TYPE_CHECKING:
+    from engine_service.core.runner import ExecutionRunner
+    from engine_service.core.store import ExecutionStore
 
 
 class CommandKind(enum.StrEnum):
@@ -56,7 +63,103 @@ class CommandNotTaken(EngineError):
         )
 
 
-async def until_decided(read: Callable[[], Awaitable[Command]]) -> Command:
+class CommandDesk:
+    """Both ends of a command: builds one and waits for its outcome (the receiving
+    process), and applies the stored ones to the runs this process drives."""
+
+    def __init__(self, store: ExecutionStore, clock: Clock, *, timeout: float) -> None:
+        self._store = store
+        self._clock = clock
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+        # Cancels applied here, by command id, waiting for their run to end.
+        self._deciding: dict[str, asyncio.Task[None]] = {}
+
+    def command(
+        self,
+        execution_id: str,
+        kind: CommandKind,
+        *,
+        reason: str = "",
+        inputs: Mapping[str, Any] | None = None,
+    ) -> Command:
+        return Command(
+            id=str(uuid.uuid4()),
+            execution_id=execution_id,
+            kind=kind,
+            requested_at=self._clock.now(),
+            reason=reason,
+            inputs=dict(inputs or {}),
+        )
+
+    async def outcome(self, command: Command) -> None:
+        """Waits until the stored `command` is applied; IllegalTransition if the run
+        refused it, CommandNotTaken if no process decided it in time."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                decided = await _until_decided(lambda: self._store.get_command(command.id))
+        except TimeoutError:
+            raise CommandNotTaken(
+                execution_id=command.execution_id, kind=command.kind, seconds=self._timeout
+            ) from None
+        if decided.outcome is CommandOutcome.REFUSED:
+            raise IllegalTransition(
+                subject=f"execution {command.execution_id}",
+                current=decided.detail,
+                requested=_REQUESTED[command.kind],
+            )
+
+    async def apply(self, runners: Mapping[str, ExecutionRunner]) -> int:
+        """Apply the pending commands for the executions in `runners`; how many."""
+        async with self._lock:
+            applied = 0
+            for command in await self._store.pending_commands():
+                runner = runners.get(command.execution_id)
+                if runner is not None and command.id not in self._deciding:
+                    await self._apply(runner, command)
+                    applied += 1
+            return applied
+
+    async def _apply(self, runner: ExecutionRunner, command: Command) -> None:
+        try:
+            if command.kind is CommandKind.CANCEL:
+                runner.request_cancel(command.reason)
+                # Applied once the run has ended: should this process die first, the
+                # command is still pending for the one that takes the run over.
+                task = asyncio.create_task(self._decide_when_ended(runner, command))
+                self._deciding[command.id] = task
+                task.add_done_callback(lambda _task: self._deciding.pop(command.id, None))
+                return
+            if command.kind is CommandKind.PAUSE:
+                await runner.pause()
+            else:
+                await runner.resume(command.inputs)
+        except IllegalTransition as exc:
+            await self._store.decide_command(command.id, CommandOutcome.REFUSED, str(exc.current))
+        else:
+            await self._store.decide_command(command.id, CommandOutcome.APPLIED)
+
+    async def _decide_when_ended(self, runner: ExecutionRunner, command: Command) -> None:
+        await runner.finished.wait()
+        if (await self._store.get_execution(command.execution_id)).status.is_terminal:
+            await self._store.decide_command(command.id, CommandOutcome.APPLIED)
+
+    async def stop(self) -> None:
+        tasks = list(self._deciding.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# The status each command asks for, as a refusal names it.
+_REQUESTED = {
+    CommandKind.CANCEL: ExecutionStatus.CANCELLED,
+    CommandKind.PAUSE: ExecutionStatus.PAUSED,
+    CommandKind.RESUME: ExecutionStatus.RUNNING,
+}
+
+
+async def _until_decided(read: Callable[[], Awaitable[Command]]) -> Command:
     """Reads the command (`read()`) until it is decided; the caller bounds the wait."""
     delay = 0.01
     while (command := await read()).outcome is CommandOutcome.PENDING:

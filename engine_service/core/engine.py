@@ -22,13 +22,7 @@ import jsonschema
 from engine_service.core.actions import ActionContext, ActionError, ActionRegistry, builtin_actions
 from engine_service.core.bus import EventBus
 from engine_service.core.clock import Clock, SystemClock
-from engine_service.core.commands import (
-    Command,
-    CommandKind,
-    CommandNotTaken,
-    CommandOutcome,
-    until_decided,
-)
+from engine_service.core.commands import CommandDesk, CommandKind
 from engine_service.core.definitions import DefinitionLimits, parse_definition
 from engine_service.core.errors import (
     ConcurrentModification,
@@ -122,9 +116,7 @@ class Engine:
         self.lease_seconds = 30.0
         self._runners: dict[str, ExecutionRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._commands_lock = asyncio.Lock()
-        # Cancels applied here, by command id, waiting for their run to end.
-        self._deciding: dict[str, asyncio.Task[None]] = {}
+        self._commands = CommandDesk(store, self.clock, timeout=self.config.command_timeout)
         self._listeners: list[Listener] = []
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -141,10 +133,11 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop driving executions without changing their committed state."""
-        tasks = [*self._tasks.values(), *self._deciding.values()]
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._commands.stop()
 
     @property
     def driven_executions(self) -> list[str]:
@@ -296,7 +289,7 @@ class Engine:
     ) -> ExecutionState:
         runner = await self._runner(execution_id, tenant, ExecutionStatus.CANCELLED)
         if runner is None:
-            await self._send(execution_id, CommandKind.CANCEL, reason=reason)
+            await self._send_command(execution_id, CommandKind.CANCEL, reason=reason)
             return await self._wait_until_ended(execution_id)
         runner.request_cancel(reason)
         return await self.wait_for(execution_id)
@@ -306,7 +299,7 @@ class Engine:
     ) -> ExecutionState:
         runner = await self._runner(execution_id, tenant, ExecutionStatus.PAUSED)
         if runner is None:
-            await self._send(execution_id, CommandKind.PAUSE)
+            await self._send_command(execution_id, CommandKind.PAUSE)
             return await self.store.get_execution(execution_id)
         return await runner.pause()
 
@@ -319,11 +312,11 @@ class Engine:
     ) -> ExecutionState:
         runner = await self._runner(execution_id, tenant, ExecutionStatus.RUNNING)
         if runner is None:
-            await self._send(execution_id, CommandKind.RESUME, inputs=dict(inputs or {}))
+            await self._send_command(execution_id, CommandKind.RESUME, inputs=dict(inputs or {}))
             return await self.store.get_execution(execution_id)
         return await runner.resume(dict(inputs or {}))
 
-    async def _send(
+    async def _send_command(
         self,
         execution_id: str,
         kind: CommandKind,
@@ -331,61 +324,16 @@ class Engine:
         reason: str = "",
         inputs: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store a command for the process that drives the execution; wait until it is
-        applied. IllegalTransition if that process refused it."""
-        command = Command(
-            id=str(uuid.uuid4()),
-            execution_id=execution_id,
-            kind=kind,
-            requested_at=self.clock.now(),
-            reason=reason,
-            inputs=dict(inputs or {}),
-        )
+        command = self._commands.command(execution_id, kind, reason=reason, inputs=inputs)
         await self.store.add_command(command)
-        # This process may be the one to take the execution over meanwhile.
-        await self.apply_commands()
-        timeout = self.config.command_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                decided = await until_decided(lambda: self.store.get_command(command.id))
-        except TimeoutError:
-            raise CommandNotTaken(execution_id=execution_id, kind=kind, seconds=timeout) from None
-        if decided.outcome is CommandOutcome.REFUSED:
-            requested = _REQUESTED[kind]
-            subject = f"execution {execution_id}"
-            raise IllegalTransition(subject=subject, current=decided.detail, requested=requested)
+        await self.apply_commands()  # this process may have taken the execution over
+        await self._commands.outcome(command)
 
     async def apply_commands(self) -> int:
         """Apply the stored commands for executions this process drives; how many."""
         if not self.config.commands_across_processes:
             return 0
-        async with self._commands_lock:
-            applied = 0
-            for command in await self.store.pending_commands():
-                runner = self._runners.get(command.execution_id)
-                if runner is not None and command.id not in self._deciding:
-                    await self._apply(runner, command)
-                    applied += 1
-            return applied
-
-    async def _apply(self, runner: ExecutionRunner, command: Command) -> None:
-        try:
-            if command.kind is CommandKind.CANCEL:
-                runner.request_cancel(command.reason)
-                # Applied once the run has ended: should this process die first, the
-                # command is still pending for the one that takes the run over.
-                task = asyncio.create_task(self._decide_when_ended(runner, command))
-                self._deciding[command.id] = task
-                task.add_done_callback(lambda _task: self._deciding.pop(command.id, None))
-                return
-            if command.kind is CommandKind.PAUSE:
-                await runner.pause()
-            else:
-                await runner.resume(command.inputs)
-        except IllegalTransition as exc:
-            await self.store.decide_command(command.id, CommandOutcome.REFUSED, str(exc.current))
-        else:
-            await self.store.decide_command(command.id, CommandOutcome.APPLIED)
+        return await self._commands.apply(self._runners)
 
     async def wait_for(self, execution_id: str) -> ExecutionState:
         """The execution's committed state once it has ended (or stopped being driven here).
@@ -448,11 +396,6 @@ class Engine:
         if tenant is not None and state.tenant != tenant:
             raise NotFound(kind="execution", key=execution_id)
         return state
-
-    async def _decide_when_ended(self, runner: ExecutionRunner, command: Command) -> None:
-        await runner.finished.wait()
-        if (await self.store.get_execution(command.execution_id)).status.is_terminal:
-            await self.store.decide_command(command.id, CommandOutcome.APPLIED)
 
     async def _runner(
         self, execution_id: str, tenant: str | None, requested: ExecutionStatus
@@ -576,11 +519,3 @@ def _check_inputs(inputs: Mapping[str, Any], schema: Mapping[str, Any] | None) -
     ]
     if problems:
         raise InvalidArgument(problems=problems)
-
-
-# The status each command asks for, as a refusal names it.
-_REQUESTED = {
-    CommandKind.CANCEL: ExecutionStatus.CANCELLED,
-    CommandKind.PAUSE: ExecutionStatus.PAUSED,
-    CommandKind.RESUME: ExecutionStatus.RUNNING,
-}
