@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 from stepstream.v1 import analytics_pb2, analytics_pb2_grpc
 
-from analytics_service.core.alerting import AlertEvaluator, AlertLoop, AlertRules
+from analytics_service.core.alerting import AlertEvaluator, AlertLoop, AlertRules, AlertSink
 from analytics_service.core.auth import TokenTable
 from analytics_service.core.broadcast import AlertBroadcaster
 from analytics_service.core.ingest import Ingestor
@@ -30,6 +30,7 @@ from analytics_service.core.ports import Clock
 from analytics_service.core.queries import AnalyticsQueries, QueryLimits
 from analytics_service.metrics import AnalyticsMetrics, MetricsAlertSink
 from analytics_service.settings import AnalyticsSettings
+from analytics_service.storage.alert_notices import AlertListener
 from analytics_service.storage.database import SqlDatabase, create_engine
 from analytics_service.storage.migrate import upgrade
 from analytics_service.transport.interceptors import (
@@ -96,6 +97,7 @@ class RunningService:
     http: httpx.AsyncClient
     metrics_server: WSGIServer
     background: list[asyncio.Task[None]]
+    alert_listener: AlertListener | None = None
     stopped: bool = False
 
     async def stop(self, grace_seconds: float) -> None:
@@ -107,6 +109,8 @@ class RunningService:
         self.use_cases.broadcaster.close()
         await self.server.stop(grace_seconds)
         await self.use_cases.alert_loop.stop()
+        if self.alert_listener is not None:
+            await self.alert_listener.stop()
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -154,7 +158,16 @@ async def start(
     )
     webhooks = WebhookNotifier(http, policy, metrics)
     broadcaster = AlertBroadcaster()
-    evaluator = AlertEvaluator(database, clock, [broadcaster, MetricsAlertSink(metrics), webhooks])
+    # On Postgres every replica's subscribers hear transitions from the database, this
+    # replica's included (`storage.alert_notices`); SQLite has one process.
+    on_postgres = engine.dialect.name == "postgresql"
+    listener = AlertListener(url, broadcaster.deliver) if on_postgres else None
+    sinks: list[AlertSink] = [MetricsAlertSink(metrics), webhooks]
+    if listener is None:
+        sinks.append(broadcaster)
+    else:
+        await listener.start()
+    evaluator = AlertEvaluator(database, clock, sinks)
     ingestor = Ingestor(database, clock, settings.fact_retention)
     use_cases = AnalyticsUseCases(
         ingestor=ingestor,
@@ -193,6 +206,7 @@ async def start(
         http=http,
         metrics_server=metrics_server,
         background=[retention],
+        alert_listener=listener,
     )
 
 

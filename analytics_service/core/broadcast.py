@@ -1,4 +1,4 @@
-"""Fan-out of alert transitions to the streams that watch them, within one process."""
+"""Fan-out of alert transitions to the streams of this process that watch them."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ class AlertBroadcaster:
         self._closed = False
 
     async def publish(self, event: AlertEvent, rule: AlertRule) -> None:
+        await self.deliver(event)
+
+    async def deliver(self, event: AlertEvent) -> None:
+        """Hand `event` to the matching subscribers (also for transitions another
+        replica made, heard from the database)."""
         for subscriber in list(self._subscribers):
             if subscriber.wants(event):
                 subscriber.offer(event)

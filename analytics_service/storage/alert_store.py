@@ -17,6 +17,7 @@ from analytics_service.core.alerts import (
     AlertState,
     Comparator,
 )
+from analytics_service.storage.alert_notices import NOTIFY, alert_payload
 from analytics_service.storage.models import alert_events, alert_rules
 
 
@@ -111,3 +112,6 @@ class SqlAlertStore:
         row = asdict(event)
         row["state"] = event.state.value
         await self._session.execute(alert_events.insert().values(row))
+        if self._session.get_bind().dialect.name == "postgresql":
+            # To every replica's WatchAlerts subscribers, once committed (`alert_notices`).
+            await self._session.execute(NOTIFY, {"payload": alert_payload(event)})

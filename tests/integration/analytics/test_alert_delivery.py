@@ -104,3 +104,31 @@ async def test_the_timer_resolves_a_rule_once_its_window_passes(
         assert resolved.state == analytics_pb2.ALERT_STATE_RESOLVED
         assert resolved.value == 0.0
         watch.cancel()
+
+
+async def test_a_watcher_on_one_replica_sees_what_another_replica_fired(
+    postgres_url: str, clock: ManualClock
+) -> None:
+    async with (
+        running_service(postgres_url, clock) as first,
+        running_service(postgres_url, clock) as second,
+        connected(first) as to_first,
+        connected(second) as to_second,
+    ):
+        created = await to_first.CreateAlertRule(
+            analytics_pb2.CreateAlertRuleRequest(rule=execution_count_rule())
+        )
+        on_first = to_first.WatchAlerts(analytics_pb2.WatchAlertsRequest())
+        on_second = to_second.WatchAlerts(analytics_pb2.WatchAlertsRequest())
+        await wait_for_watchers(first, 1)
+        await wait_for_watchers(second, 1)
+        # Only the first replica ingests, so only it evaluates and records the transition.
+        await ingest(to_first, [recent_executions(clock, 2)])
+        for watch in (on_first, on_second):
+            event = await next_alert(watch)
+            assert (event.rule_id, event.state) == (
+                created.rule.id,
+                analytics_pb2.ALERT_STATE_FIRING,
+            )
+            assert event.value == 2.0
+            watch.cancel()
