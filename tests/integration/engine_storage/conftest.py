@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine_service.core.store import ExecutionStore, InMemoryStore
+from engine_service.core.memory_store import InMemoryStore
+from engine_service.core.store import ExecutionStore
 from engine_service.storage import open_store
 
 

@@ -16,6 +16,7 @@ from engine_service.core.actions import ActionContext, ActionError, ActionRegist
 from engine_service.core.clock import LoopClock
 from engine_service.core.engine import Engine, EngineConfig
 from engine_service.core.errors import StorageError
+from engine_service.core.memory_store import InMemoryStore
 from engine_service.core.state import (
     EventKind,
     ExecutionEvent,
@@ -24,7 +25,7 @@ from engine_service.core.state import (
     blank,
     replay,
 )
-from engine_service.core.store import ExecutionStore, InMemoryStore
+from engine_service.core.store import ExecutionStore
 
 TENANT = "default"
 SECRETS: Mapping[str, str] = {"API_KEY": "s3cr3t-value", "OTHER": "hunter2"}

@@ -15,8 +15,8 @@ from engine_service.core.commands import CommandNotTaken
 from engine_service.core.engine import EngineConfig
 from engine_service.core.errors import IllegalTransition
 from engine_service.core.leases import LeaseKeeper, LeaseSettings
+from engine_service.core.memory_store import InMemoryStore
 from engine_service.core.state import ExecutionStatus, StepStatus
-from engine_service.core.store import InMemoryStore
 from tests.unit.engine.scheduler_harness import TENANT, new_engine
 
 pytestmark = pytest.mark.looptime

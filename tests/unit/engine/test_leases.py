@@ -9,8 +9,9 @@ import pytest
 
 from engine_service.core.engine import Engine
 from engine_service.core.leases import LeaseKeeper, LeaseSettings
+from engine_service.core.memory_store import InMemoryStore
 from engine_service.core.state import ExecutionStatus, StepStatus
-from engine_service.core.store import InMemoryStore, Lease
+from engine_service.core.store import Lease
 from tests.unit.engine.scheduler_harness import TENANT, new_engine
 
 pytestmark = pytest.mark.looptime

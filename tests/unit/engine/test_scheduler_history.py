@@ -10,6 +10,7 @@ import pytest
 
 from engine_service.core.engine import Engine
 from engine_service.core.errors import InvalidArgument
+from engine_service.core.memory_store import InMemoryStore
 from engine_service.core.state import (
     EventKind,
     ExecutionEvent,
@@ -17,7 +18,6 @@ from engine_service.core.state import (
     ExecutionStatus,
     StepStatus,
 )
-from engine_service.core.store import InMemoryStore
 from tests.unit.engine.conftest import EngineFactory
 from tests.unit.engine.scheduler_harness import (
     TENANT,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from engine_service.core.errors import ConcurrentModification, InvalidArgument, NotFound
+from engine_service.core.memory_store import InMemoryStore
 from engine_service.core.model import StepDefinition, WorkflowDefinition
 from engine_service.core.state import (
     EventKind,
@@ -22,7 +23,6 @@ from engine_service.core.store import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     ExecutionQuery,
-    InMemoryStore,
     WorkflowQuery,
     decode_page_token,
     encode_page_token,

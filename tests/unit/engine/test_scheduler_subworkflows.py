@@ -7,8 +7,9 @@ import asyncio
 import pytest
 
 from engine_service.core.engine import Engine, EngineConfig
+from engine_service.core.memory_store import InMemoryStore
 from engine_service.core.state import ExecutionStatus, StepStatus
-from engine_service.core.store import ExecutionQuery, InMemoryStore
+from engine_service.core.store import ExecutionQuery
 from tests.unit.engine.conftest import EngineFactory
 from tests.unit.engine.scheduler_harness import (
     TENANT,

@@ -11,6 +11,7 @@ import pytest
 
 from engine_service.core.engine import Engine
 from engine_service.core.errors import InvalidArgument, NotFound
+from engine_service.core.memory_store import InMemoryStore
 from engine_service.core.scheduler import Scheduler, SchedulerConfig, ScheduleService
 from engine_service.core.schedules import (
     MissedRunPolicy,
@@ -20,7 +21,6 @@ from engine_service.core.schedules import (
     run_key,
 )
 from engine_service.core.state import ExecutionStatus
-from engine_service.core.store import InMemoryStore
 from tests.unit.engine.schedule_helpers import (
     GATED,
     QUICK,
