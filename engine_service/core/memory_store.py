@@ -131,7 +131,7 @@ class InMemoryStore(ExecutionStore):
             for state in await self.unfinished_executions():
                 held = self._leases.get(state.id)
                 free = held is None or held.expires_at < now or take_over
-                if len(claimed) < limit and free and (held is None or held.owner != lease.owner):
+                if len(claimed) < limit and free:
                     self._leases[state.id] = lease
                     claimed.append(state)
             return claimed

@@ -150,9 +150,11 @@ class ExecutionStore(abc.ABC):
     ) -> list[ExecutionState]:
         """Lease up to `limit` unfinished executions whose lease expired, oldest first.
 
-        Executions leased to `lease.owner` already are not returned. With `take_over`,
-        every unfinished execution is claimed whatever its lease (a single-process
-        engine restarting). Concurrent claimers never get the same execution.
+        The claimer's own leases count too once expired: they belong to runs it stopped
+        driving (a runner that failed to write), which it takes up again; the runs it
+        drives keep their leases renewed. With `take_over`, every unfinished execution is
+        claimed whatever its lease (a single-process engine restarting). Concurrent
+        claimers never get the same execution.
         """
 
     @abc.abstractmethod

@@ -54,6 +54,7 @@ from engine_service.storage.models import (
 from engine_service.storage.notices import NOTIFY_CHANNEL, notice_payloads
 from engine_service.storage.pg_append import PgAppender
 from engine_service.storage.schedule_store import SqlScheduleStore
+from engine_service.storage.unavailable import reports_unreachable_database
 
 # Stored definitions passed validation when registered; loading them must not fail
 # because a limit was lowered since.
@@ -65,6 +66,7 @@ Append = tuple[ExecutionState, Sequence[ExecutionEvent]]
 SNAPSHOT_EVERY = 64
 
 
+@reports_unreachable_database
 class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
     def __init__(
         self,
@@ -327,9 +329,6 @@ class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
                 candidates = candidates.where(
                     or_(leases.c.execution_id.is_(None), leases.c.expires_at < now),
                 )
-            candidates = candidates.where(
-                or_(leases.c.owner.is_(None), leases.c.owner != lease.owner)
-            )
             if self.dialect == "postgresql":
                 # Replicas claiming at once skip each other's rows instead of waiting.
                 candidates = candidates.with_for_update(of=executions, skip_locked=True)
