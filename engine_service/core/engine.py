@@ -31,6 +31,7 @@ from engine_service.core.errors import (
     LeaseLost,
     NotFound,
     Problem,
+    StorageError,
 )
 from engine_service.core.model import WorkflowDefinition
 from engine_service.core.runner import ExecutionRunner
@@ -388,6 +389,11 @@ class Engine:
             await runner.run()
         except (LeaseLost, ConcurrentModification) as exc:
             log.warning("stopped driving execution %s: %s", execution_id, exc)
+        except StorageError as exc:
+            # Taken up again (by this process or another) once its lease expires.
+            log.warning(
+                "stopped driving execution %s until its lease expires: %s", execution_id, exc
+            )
         except Exception:
             log.exception("runner of execution %s stopped unexpectedly", execution_id)
 

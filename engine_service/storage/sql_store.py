@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine_service.core.definitions import DefinitionLimits, parse_definition
-from engine_service.core.errors import ConcurrentModification, LeaseLost, NotFound
+from engine_service.core.errors import ConcurrentModification, LeaseLost, NotFound, StorageError
 from engine_service.core.model import WorkflowDefinition
 from engine_service.core.state import EventKind, ExecutionEvent, ExecutionState, replay
 from engine_service.core.store import (
@@ -54,7 +54,7 @@ from engine_service.storage.models import (
 from engine_service.storage.notices import NOTIFY_CHANNEL, notice_payloads
 from engine_service.storage.pg_append import PgAppender
 from engine_service.storage.schedule_store import SqlScheduleStore
-from engine_service.storage.unavailable import reports_unreachable_database
+from engine_service.storage.unavailable import reports_unreachable_database, unreachable
 
 # Stored definitions passed validation when registered; loading them must not fail
 # because a limit was lowered since.
@@ -249,7 +249,14 @@ class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
 
     async def _write_appends(self, batch: Sequence[Append]) -> None:
         """One batch of appends, atomically, in a fixed number of round trips."""
-        batch = _merged(batch)
+        try:
+            await self._write_merged(_merged(batch))
+        except Exception as exc:
+            if unreachable(exc):
+                raise StorageError(f"the database is unreachable: {type(exc).__name__}") from exc
+            raise
+
+    async def _write_merged(self, batch: Sequence[Append]) -> None:
         if self._appender is not None:
             if not await self._appender.write(
                 batch, owner=self._owner, needs_snapshot=_needs_snapshot

@@ -323,7 +323,7 @@ async def test_a_store_failure_in_a_step_stops_the_runner_and_a_restart_recovers
     assert stopped.status is ES.RUNNING
     assert stopped.steps["a"].status is SS.RUNNING
     assert asyncio.get_running_loop().time() == 1.0
-    assert "stopped unexpectedly" in caplog.text
+    assert "stopped driving execution" in caplog.text
     await settle()
     assert first.active_executions == 0
     second = await restart(engines, first, store)
