@@ -204,6 +204,7 @@ def event_to_proto(event: ExecutionEvent) -> events_pb2.ExecutionEvent:
         business_value=event.business_value,
         depends_on=list(event.depends_on),
         parent_step_id=event.parent_step_id,
+        child_execution_id=event.child_execution_id,
     )
     _set_event_optionals(message, event)
     return message
@@ -220,6 +221,7 @@ def _set_event_optionals(message: events_pb2.ExecutionEvent, event: ExecutionEve
         message.estimated_time_saved.CopyFrom(to_duration(event.estimated_time_saved))
     _set_timestamp(message.timestamp, event.timestamp)
     _set_timestamp(message.started_at, event.started_at)
+    _set_timestamp(message.next_attempt_at, event.next_attempt_at)
     _set_failure(message.error, event.error)
     _set_struct(message.output, event.output)
     _set_struct(message.inputs, event.inputs)

@@ -168,6 +168,8 @@ class ExecutionEvent(_message.Message):
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     PARENT_STEP_ID_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    CHILD_EXECUTION_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Globally unique; consumers deduplicate by it."""
     execution_id: _builtins.str
@@ -186,6 +188,8 @@ class ExecutionEvent(_message.Message):
     business_value: _builtins.float
     parent_step_id: _builtins.str
     """On the creation event of a sub-workflow execution: the parent's step."""
+    child_execution_id: _builtins.str
+    """On the finished event of a `workflow` step's attempt: the child execution it ran."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -216,6 +220,10 @@ class ExecutionEvent(_message.Message):
     def inputs(self) -> _struct_pb2.Struct:
         """On the creation event: the execution's inputs; on a resume event: the values supplied."""
 
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """On a RETRYING step event: when the next attempt is due."""
+
     def __init__(
         self,
         *,
@@ -243,10 +251,12 @@ class ExecutionEvent(_message.Message):
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         inputs: _struct_pb2.Struct | None = ...,
         parent_step_id: _builtins.str = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        child_execution_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "estimated_time_saved", b"estimated_time_saved", "inputs", b"inputs", "output", b"output", "started_at", b"started_at", "timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "estimated_time_saved", b"estimated_time_saved", "inputs", b"inputs", "next_attempt_at", b"next_attempt_at", "output", b"output", "started_at", b"started_at", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "business_value", b"business_value", "depends_on", b"depends_on", "duration", b"duration", "error", b"error", "estimated_time_saved", b"estimated_time_saved", "event_id", b"event_id", "execution_id", b"execution_id", "execution_status", b"execution_status", "inputs", b"inputs", "kind", b"kind", "missing_inputs", b"missing_inputs", "output", b"output", "parent_execution_id", b"parent_execution_id", "parent_step_id", b"parent_step_id", "sequence", b"sequence", "started_at", b"started_at", "step_id", b"step_id", "step_status", b"step_status", "tenant", b"tenant", "timestamp", b"timestamp", "workflow_id", b"workflow_id", "workflow_version", b"workflow_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "business_value", b"business_value", "child_execution_id", b"child_execution_id", "depends_on", b"depends_on", "duration", b"duration", "error", b"error", "estimated_time_saved", b"estimated_time_saved", "event_id", b"event_id", "execution_id", b"execution_id", "execution_status", b"execution_status", "inputs", b"inputs", "kind", b"kind", "missing_inputs", b"missing_inputs", "next_attempt_at", b"next_attempt_at", "output", b"output", "parent_execution_id", b"parent_execution_id", "parent_step_id", b"parent_step_id", "sequence", b"sequence", "started_at", b"started_at", "step_id", b"step_id", "step_status", b"step_status", "tenant", b"tenant", "timestamp", b"timestamp", "workflow_id", b"workflow_id", "workflow_version", b"workflow_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

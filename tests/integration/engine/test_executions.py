@@ -23,6 +23,7 @@ from tests.integration.engine.helpers import (
     start,
     step_status,
     struct,
+    watch_all,
 )
 
 
@@ -233,3 +234,47 @@ async def _wait_for_status(harness: Harness, execution_id: str, status: str) -> 
 
 def _raw(number: int) -> events_pb2.ExecutionStatus.ValueType:
     return events_pb2.ExecutionStatus.ValueType(number)
+
+
+async def test_events_name_the_next_attempt_time_and_the_child_execution(
+    harness: Harness,
+) -> None:
+    stub = harness.stub
+    await register(stub, definition({"id": "child", "steps": [{"id": "c", "action": "noop"}]}))
+    await register(
+        stub,
+        definition(
+            {
+                "id": "parent",
+                "steps": [
+                    {
+                        "id": "flaky",
+                        "action": "fail",
+                        "parameters": {"times": 1},
+                        "retry": {"max_attempts": 2, "initial_interval": "0.05s"},
+                    },
+                    {
+                        "id": "sub",
+                        "action": "workflow",
+                        "parameters": {"workflow_id": "child"},
+                        "depends_on": ["flaky"],
+                    },
+                ],
+            }
+        ),
+    )
+    execution = await start(stub, "parent")
+    events = await watch_all(stub, execution.id)
+    (retrying,) = [e for e in events if e.step_status == step_status("RETRYING")]
+    waited = retrying.next_attempt_at.ToDatetime() - retrying.timestamp.ToDatetime()
+    assert 0.04 <= waited.total_seconds() <= 0.2
+    (sub_done,) = [
+        e for e in events if e.step_id == "sub" and e.step_status == step_status("COMPLETED")
+    ]
+    reply = await stub.GetExecution(engine_pb2.GetExecutionRequest(execution_id=execution.id))
+    (sub,) = [s for s in reply.execution.steps if s.step_id == "sub"]
+    assert sub_done.child_execution_id == sub.child_execution_id != ""
+    child = await stub.GetExecution(
+        engine_pb2.GetExecutionRequest(execution_id=sub.child_execution_id)
+    )
+    assert child.execution.parent_execution_id == execution.id
