@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from engine_service.storage import create_database_engine
 from engine_service.storage.models import execution_events, executions
 from tests.e2e.engine.processes import EngineProcess, free_port, launch
 from tests.integration.engine.helpers import bounded, definition, register, struct
+from tests.private_postgres import PrivatePostgres
 
 pytestmark = pytest.mark.e2e
 EXECUTIONS = 200
@@ -199,6 +200,11 @@ async def test_every_event_reaches_the_aggregates_across_an_analytics_restart(
     await analytics.start()
     await wait_for_empty_outbox(engine_url)
 
+    await assert_aggregates_match(engine_url, analytics.port)
+
+
+async def assert_aggregates_match(engine_url: str, analytics_port: int) -> None:
+    """The analytics figures equal, exactly, what the engine's own tables say."""
     runs, attempts, retries = await engine_truth(engine_url)
     assert sum(runs.values()) == EXECUTIONS
     assert runs["FAILED"] > 0
@@ -207,7 +213,7 @@ async def test_every_event_reaches_the_aggregates_across_an_analytics_restart(
     window = analytics_pb2.TimeRange()
     window.start.FromDatetime(now - timedelta(hours=1))
     window.end.FromDatetime(now + timedelta(hours=1))
-    async with aio.insecure_channel(f"127.0.0.1:{analytics.port}") as channel:
+    async with aio.insecure_channel(f"127.0.0.1:{analytics_port}") as channel:
         stub_a = analytics_pb2_grpc.AnalyticsServiceStub(channel)
         metrics = (
             await stub_a.GetWorkflowMetrics(
@@ -233,3 +239,49 @@ async def test_every_event_reaches_the_aggregates_across_an_analytics_restart(
         assert measured.skipped == expected.get("SKIPPED", 0), step_id
         assert measured.retries == retries[step_id], step_id
     assert retries["b"] > 0
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def engine_database(make_postgres_database: Callable[[], str]) -> str:
+    return _async_url(make_postgres_database())
+
+
+async def test_every_event_reaches_the_aggregates_across_an_analytics_database_restart(
+    engine_database: str, private_postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    engine_url = engine_database
+    # Analytics on a database server of the test's own, which is stopped midway.
+    analytics = AnalyticsProcess(private_postgres.url, tmp_path / "analytics.log")
+    await analytics.start()
+    engine = await launch(
+        engine_url,
+        tmp_path / "engine.log",
+        env={"STEPSTREAM_ANALYTICS_TARGET": f"127.0.0.1:{analytics.port}"},
+    )
+    try:
+        async with aio.insecure_channel(engine.target) as channel:
+            stub = engine_pb2_grpc.EngineServiceStub(channel)
+            await register(stub, definition(flaky_workflow()))
+            first = await start_executions(stub, EXECUTIONS // 2)
+            await asyncio.to_thread(private_postgres.stop)
+            second = await start_executions(stub, EXECUTIONS - EXECUTIONS // 2)
+            await wait_for_terminal(stub, first + second)
+            await asyncio.sleep(1.0)  # the relay meets UNAVAILABLE and backs off
+            await asyncio.to_thread(private_postgres.start)
+        await wait_for_empty_outbox(engine_url)
+        await assert_aggregates_match(engine_url, analytics.port)
+        assert analytics.process is not None
+        assert analytics.process.returncode is None  # it rode the outage out
+    finally:
+        await engine.ensure_stopped()
+        await analytics.stop()
