@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from engine_service.core import references
-from engine_service.core.actions import ActionContext, ActionError, UnknownAction
+from engine_service.core.actions import ActionContext
+from engine_service.core.attempt import invoke_action
 from engine_service.core.errors import IllegalTransition
 from engine_service.core.execution_events import ExecutionEvents
 from engine_service.core.model import FailurePolicy, StepDefinition, WorkflowDefinition
-from engine_service.core.retry import backoff_delay, is_retryable
+from engine_service.core.retry import backoff_delay
 from engine_service.core.state import (
     FAILED_STEP_STATUSES,
     EventKind,
@@ -38,15 +37,12 @@ from engine_service.core.step_decisions import (
     RunStep,
     SettleStep,
     StepDecisions,
-    failed_outcome,
     missing_input_failure,
-    schema_problem,
 )
 
 if TYPE_CHECKING:
     from engine_service.core.engine import Engine
 
-log = logging.getLogger(__name__)
 
 ES = ExecutionStatus
 SS = StepStatus
@@ -362,43 +358,9 @@ class ExecutionRunner:
         attempt: int,
         output_schema: Mapping[str, Any] | None,
     ) -> AttemptOutcome:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         context = self._action_context(step, attempt)
-        try:
-            action = self._engine.actions.get(action_name)
-            async with asyncio.timeout(step.timeout):
-                output = await action(run.parameters, context)
-        except TimeoutError:
-            failure = Failure("TimeoutError", f"attempt exceeded {step.timeout}s")
-            retryable = is_retryable(step.retry, failure.type, True)
-            return failed_outcome(SS.TIMED_OUT, failure, retryable=retryable, started=started)
-        except UnknownAction as exc:
-            failure = Failure("UnknownAction", str(exc))
-            return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
-        except ActionError as exc:
-            failure = Failure(exc.error_type, references.redact(str(exc), run.secret_values))
-            retryable = is_retryable(step.retry, exc.error_type, exc.retryable)
-            return failed_outcome(SS.FAILED, failure, retryable=retryable, started=started)
-        except Exception as exc:  # an action's bug is the step's failure, not the engine's
-            failure = Failure(type(exc).__name__, references.redact(str(exc), run.secret_values))
-            # A traceback would show the raw message: only when no secret could be in it.
-            log.warning(
-                "action %s of step %s raised %s: %s",
-                action_name,
-                step.id,
-                failure.type,
-                failure.message,
-                exc_info=not run.secret_values,
-            )
-            retryable = is_retryable(step.retry, failure.type, True)
-            return failed_outcome(SS.FAILED, failure, retryable=retryable, started=started)
-        output = references.redact(output, run.secret_values)
-        problem = schema_problem(output, output_schema)
-        if problem is not None:
-            failure = Failure("OutputValidationError", problem)
-            return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
-        return AttemptOutcome(SS.COMPLETED, output=output, duration=loop.time() - started)
+        actions = self._engine.actions
+        return await invoke_action(actions, action_name, step, run, context, output_schema)
 
     def _action_context(self, step: StepDefinition, attempt: int) -> ActionContext:
         return ActionContext(

@@ -1,0 +1,76 @@
+"""One attempt of a step's action: its outcome, whatever the action does.
+
+An action's failure (a timeout, an ActionError, any exception, output its schema
+rejects) is the step's failure, never the engine's; secrets the parameters resolved are
+kept out of outputs, messages and logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from engine_service.core import references
+from engine_service.core.actions import ActionContext, ActionError, ActionRegistry, UnknownAction
+from engine_service.core.model import StepDefinition
+from engine_service.core.retry import is_retryable
+from engine_service.core.state import Failure, StepStatus
+from engine_service.core.step_decisions import (
+    AttemptOutcome,
+    RunStep,
+    failed_outcome,
+    schema_problem,
+)
+
+log = logging.getLogger(__name__)
+
+SS = StepStatus
+
+
+async def invoke_action(
+    actions: ActionRegistry,
+    action_name: str,
+    step: StepDefinition,
+    run: RunStep,
+    context: ActionContext,
+    output_schema: Mapping[str, Any] | None,
+) -> AttemptOutcome:
+    """Runs `action_name` with the step's timeout and retry policy."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        action = actions.get(action_name)
+        async with asyncio.timeout(step.timeout):
+            output = await action(run.parameters, context)
+    except TimeoutError:
+        failure = Failure("TimeoutError", f"attempt exceeded {step.timeout}s")
+        retryable = is_retryable(step.retry, failure.type, True)
+        return failed_outcome(SS.TIMED_OUT, failure, retryable=retryable, started=started)
+    except UnknownAction as exc:
+        failure = Failure("UnknownAction", str(exc))
+        return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
+    except ActionError as exc:
+        failure = Failure(exc.error_type, references.redact(str(exc), run.secret_values))
+        retryable = is_retryable(step.retry, exc.error_type, exc.retryable)
+        return failed_outcome(SS.FAILED, failure, retryable=retryable, started=started)
+    except Exception as exc:  # an action's bug is the step's failure, not the engine's
+        failure = Failure(type(exc).__name__, references.redact(str(exc), run.secret_values))
+        # A traceback would show the raw message: only when no secret could be in it.
+        log.warning(
+            "action %s of step %s raised %s: %s",
+            action_name,
+            step.id,
+            failure.type,
+            failure.message,
+            exc_info=not run.secret_values,
+        )
+        retryable = is_retryable(step.retry, failure.type, True)
+        return failed_outcome(SS.FAILED, failure, retryable=retryable, started=started)
+    output = references.redact(output, run.secret_values)
+    problem = schema_problem(output, output_schema)
+    if problem is not None:
+        failure = Failure("OutputValidationError", problem)
+        return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
+    return AttemptOutcome(SS.COMPLETED, output=output, duration=loop.time() - started)
