@@ -118,6 +118,7 @@ class Engine:
         self._runners: dict[str, ExecutionRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._commands = CommandDesk(store, self.clock, timeout=self.config.command_timeout)
+        self._stopped_by_storage: set[str] = set()
         self._listeners: list[Listener] = []
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -154,6 +155,20 @@ class Engine:
         )
         self._spawn(definition, state)
         return True
+
+    async def resume_stopped(self, lease: Lease) -> int:
+        """Drive again the runs a failed write stopped, whose leases this process still
+        holds; raises (and keeps them for the next try) while the store fails."""
+        stopped = sorted(self._stopped_by_storage)
+        if not stopped:
+            return 0
+        kept = await self.store.renew_leases(lease, stopped)
+        resumed = 0
+        for execution_id in stopped:
+            self._stopped_by_storage.discard(execution_id)
+            if execution_id in kept:
+                resumed += await self.adopt(await self.store.get_execution(execution_id))
+        return resumed
 
     async def abandon(self, execution_id: str) -> None:
         """Stop driving an execution, committing nothing: another process took it over."""
@@ -390,9 +405,11 @@ class Engine:
         except (LeaseLost, ConcurrentModification) as exc:
             log.warning("stopped driving execution %s: %s", execution_id, exc)
         except StorageError as exc:
-            # Taken up again (by this process or another) once its lease expires.
+            # Driven again from its last committed event once the store answers (see
+            # `resume_stopped`), or by another process once its lease expires.
+            self._stopped_by_storage.add(execution_id)
             log.warning(
-                "stopped driving execution %s until its lease expires: %s", execution_id, exc
+                "stopped driving execution %s until the database answers: %s", execution_id, exc
             )
         except Exception:
             log.exception("runner of execution %s stopped unexpectedly", execution_id)

@@ -97,6 +97,7 @@ class LeaseKeeper:
             await asyncio.sleep(self._settings.interval)
             try:
                 await self.renew()
+                await self._engine.resume_stopped(self._lease())
                 await self.claim()
                 # Commands whose notice was missed, or stored before this process claimed
                 # the execution they are for.

@@ -66,7 +66,7 @@ async def test_a_database_restart_mid_run_loses_nothing(
         assert engine.process.returncode is None
         # An outage is a condition, not a crash: said in one line per run, no traceback.
         text = log.read_text()
-        assert "until its lease expires: the database is unreachable" in text
+        assert "until the database answers: the database is unreachable" in text
         assert "stopped unexpectedly" not in text
     finally:
         await engine.ensure_stopped()

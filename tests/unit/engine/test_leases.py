@@ -12,7 +12,7 @@ from engine_service.core.leases import LeaseKeeper, LeaseSettings
 from engine_service.core.memory_store import InMemoryStore
 from engine_service.core.state import ExecutionStatus, StepStatus
 from engine_service.core.store import Lease
-from tests.unit.engine.scheduler_harness import TENANT, new_engine
+from tests.unit.engine.scheduler_harness import TENANT, FailingStore, new_engine
 
 pytestmark = pytest.mark.looptime
 
@@ -121,3 +121,26 @@ async def test_renewal_keeps_leases_and_claims_skip_our_own() -> None:
         await engine.stop()
     assert final.status is ExecutionStatus.COMPLETED
     assert final.steps["a"].attempt == 1
+
+
+async def test_a_run_a_failed_write_stopped_is_driven_again_at_the_next_lease_round() -> None:
+    store = FailingStore("a", StepStatus.COMPLETED)  # the first write of a's COMPLETED fails
+    engine = new_engine(store)
+    keeper = LeaseKeeper(engine, LeaseSettings(owner="me", duration=30, interval=1))
+    await keeper.start()
+    try:
+        execution_id = await start_leased(engine, "me", seconds=30)
+        for _ in range(60):
+            state = await store.get_execution(execution_id)
+            if state.status.is_terminal:
+                break
+            await asyncio.sleep(1)
+    finally:
+        await keeper.stop()
+        await engine.stop()
+    assert state.status is ExecutionStatus.COMPLETED
+    assert store.failed
+    # a ran 10 s, its COMPLETED was lost, the next round (1 s) took the run up again and a
+    # ran once more: well before the 30 s lease would have expired.
+    assert state.steps["a"].attempt == 2
+    assert asyncio.get_running_loop().time() <= 22.0
