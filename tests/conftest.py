@@ -17,6 +17,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.private_postgres import PrivatePostgres
+
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -132,3 +134,14 @@ def _close_the_loop_looptime_leaves_behind() -> Iterator[None]:
         if not loop.is_running():
             loop.close()
             policy.set_event_loop(None)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A Postgres server of the test's own, for tests that stop or restart the database."""
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()

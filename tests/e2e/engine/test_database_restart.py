@@ -7,7 +7,6 @@ server while executions are running, answers calls meanwhile, and starts it agai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,6 @@ from tests.integration.engine.helpers import definition, register
 from tests.private_postgres import PrivatePostgres
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.remove()
 
 
 async def test_a_database_restart_mid_run_loses_nothing(

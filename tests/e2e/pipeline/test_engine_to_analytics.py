@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -239,16 +239,6 @@ async def assert_aggregates_match(engine_url: str, analytics_port: int) -> None:
         assert measured.skipped == expected.get("SKIPPED", 0), step_id
         assert measured.retries == retries[step_id], step_id
     assert retries["b"] > 0
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture
