@@ -16,6 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine_service.core.engine import EngineConfig
 from engine_service.core.scheduler import SchedulerConfig
+from engine_service.transport.boundary import (
+    ID_COLUMN_LENGTH,
+    IDEMPOTENCY_KEY_COLUMN_LENGTH,
+    RequestLimits,
+)
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.stepstream/engine.db"
 
@@ -161,6 +166,39 @@ class EngineSettings(BaseSettings):
         "follows the schedule's missed-run policy (skip, or run once).",
     )
 
+    max_id_length: int = Field(
+        default=ID_COLUMN_LENGTH,
+        ge=1,
+        le=ID_COLUMN_LENGTH,
+        description="Longest tenant, workflow, execution, schedule, step or action id a "
+        "request may carry (at most the 128 of the database columns).",
+    )
+    max_idempotency_key_length: int = Field(
+        default=IDEMPOTENCY_KEY_COLUMN_LENGTH,
+        ge=1,
+        le=IDEMPOTENCY_KEY_COLUMN_LENGTH,
+        description="Longest idempotency key of StartExecution (at most 256, its column).",
+    )
+    max_text_length: int = Field(
+        default=64 * 1024,
+        ge=1,
+        description="Longest free-text string field of a request (names, descriptions, "
+        "labels, conditions, cancel reasons), in characters.",
+    )
+    max_inputs_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Largest inputs of StartExecution, ResumeExecution and schedules, in "
+        "bytes of their protobuf encoding; larger ones are INVALID_ARGUMENT.",
+    )
+    max_duration_seconds: int = Field(
+        default=100 * 31_557_600,
+        ge=1,
+        le=1000 * 31_557_600,
+        description="Longest Duration a request may carry (timeouts, retry intervals), "
+        "in seconds; default a hundred years.",
+    )
+
     @model_validator(mode="after")
     def _security_is_complete(self) -> EngineSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -189,6 +227,15 @@ class EngineSettings(BaseSettings):
             tick_seconds=self.schedule_tick_seconds,
             claim_seconds=self.schedule_claim_seconds,
             misfire_grace_seconds=self.schedule_misfire_grace_seconds,
+        )
+
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(
+            id_length=self.max_id_length,
+            idempotency_key_length=self.max_idempotency_key_length,
+            text_length=self.max_text_length,
+            inputs_bytes=self.max_inputs_bytes,
+            duration_seconds=self.max_duration_seconds,
         )
 
     def grpc_options(self) -> list[tuple[str, int]]:

@@ -66,16 +66,22 @@ def encode_page_token(offset: int) -> str:
 
 
 def decode_page_token(token: str) -> int:
-    """The offset a page token stands for; InvalidArgument for a token we did not issue."""
+    """The offset a page token stands for; InvalidArgument for a token we did not issue.
+
+    Only ASCII digits (`str.isdigit` alone also takes '²', which `int` refuses), and at
+    most 18 of them, so the offset fits the databases' 64-bit integers.
+    """
     if not token:
         return 0
     try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-    except ValueError:
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
+    except ValueError:  # binascii.Error, UnicodeError
         text = ""
-    if not text.startswith("o:") or not text[2:].isdigit():
+    digits = text.removeprefix("o:")
+    well_formed = digits.isascii() and digits.isdigit() and len(digits) <= 18
+    if not text.startswith("o:") or not well_formed:
         raise InvalidArgument(problems=[Problem("page_token", "not a token this server issued")])
-    return int(text[2:])
+    return int(digits)
 
 
 def page_bounds(page_size: int) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from stepstream.v1 import engine_pb2
 
@@ -26,8 +26,11 @@ from engine_service.transport.requests import RequestCheck
 E = TypeVar("E")
 
 
-def schedule_spec(request: engine_pb2.CreateScheduleRequest, tenant: str) -> Schedule:
-    """What the client asks for; the schedule service assigns the id and the times."""
+def schedule_spec(
+    request: engine_pb2.CreateScheduleRequest, tenant: str, inputs: dict[str, Any]
+) -> Schedule:
+    """What the client asks for (`inputs` already converted); the schedule service
+    assigns the id and the times."""
     given = request.schedule
     check = RequestCheck()
     if not request.HasField("schedule"):
@@ -44,7 +47,7 @@ def schedule_spec(request: engine_pb2.CreateScheduleRequest, tenant: str) -> Sch
         workflow_version=given.workflow_version,
         cron=given.cron,
         time_zone=given.time_zone,
-        inputs=mapping.struct_to_dict(given.inputs),
+        inputs=inputs,
         overlap_policy=overlap or OverlapPolicy.SKIP,
         missed_run_policy=missed or MissedRunPolicy.SKIP,
         paused=given.paused,
@@ -52,7 +55,10 @@ def schedule_spec(request: engine_pb2.CreateScheduleRequest, tenant: str) -> Sch
     )
 
 
-def schedule_changes(request: engine_pb2.UpdateScheduleRequest) -> ScheduleChanges:
+def schedule_changes(
+    request: engine_pb2.UpdateScheduleRequest, inputs: dict[str, Any] | None
+) -> ScheduleChanges:
+    """The changes asked for; `inputs` is the converted `inputs` field, None when unset."""
     check = RequestCheck().required(request.schedule_id, "schedule_id")
     overlap = _enum(check, request.overlap_policy, "overlap_policy", _overlap)
     missed = _enum(check, request.missed_run_policy, "missed_run_policy", _missed)
@@ -63,7 +69,7 @@ def schedule_changes(request: engine_pb2.UpdateScheduleRequest) -> ScheduleChang
         missed_run_policy=missed,
         cron=request.cron if request.HasField("cron") else None,
         time_zone=request.time_zone if request.HasField("time_zone") else None,
-        inputs=mapping.struct_to_dict(request.inputs) if request.HasField("inputs") else None,
+        inputs=inputs,
     )
 
 

@@ -16,6 +16,7 @@ from stepstream.v1 import engine_pb2, engine_pb2_grpc
 from engine_service.core.engine import Engine
 from engine_service.metrics import EngineMetrics
 from engine_service.settings import EngineSettings
+from engine_service.transport.admission import AdmissionInterceptor
 from engine_service.transport.auth import AuthInterceptor, TokenTable
 from engine_service.transport.interceptors import ErrorInterceptor, MetricsInterceptor
 from engine_service.transport.servicer import EngineServicer
@@ -64,6 +65,9 @@ def build_server(engine: Engine, metrics: EngineMetrics, settings: EngineSetting
         log.info("bearer-token auth on: %d tokens configured", len(tokens))
     else:
         log.warning("auth is off: no tokens configured, every caller may use every tenant")
+    # Innermost of all: a request is decoded and checked only once its caller is known.
+    checked = (f"/{ENGINE_SERVICE}/",)
+    interceptors.append(AdmissionInterceptor(settings.request_limits(), checked))
     server = aio.server(interceptors=interceptors, options=settings.grpc_options())
     streams = EventStreams(engine, max_batch_events=settings.watch_batch_events)
     servicer = EngineServicer(engine, streams, Tenancy(authenticated=bool(tokens)))

@@ -47,7 +47,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         self, request: engine_pb2.RegisterWorkflowRequest, context: Context
     ) -> engine_pb2.RegisterWorkflowResponse:
         tenant = self._tenancy.named(request.definition.tenant, context)
-        data = mapping.definition_from_proto(request.definition)
+        data = await mapping.definition_from_proto_off_loop(request.definition)
         stored = await self._engine.register_workflow(data, tenant)
         return engine_pb2.RegisterWorkflowResponse(workflow=mapping.definition_to_proto(stored))
 
@@ -74,7 +74,10 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         self, request: engine_pb2.ValidateWorkflowRequest, context: Context
     ) -> engine_pb2.ValidateWorkflowResponse:
         tenant = self._tenancy.named(request.definition.tenant, context)
-        data = {**mapping.definition_from_proto(request.definition), "tenant": tenant}
+        data = {
+            **await mapping.definition_from_proto_off_loop(request.definition),
+            "tenant": tenant,
+        }
         limits = self._engine.config.definition_limits
         problems, plan, stages = validate_definition(data, limits=limits)
         return engine_pb2.ValidateWorkflowResponse(
@@ -105,7 +108,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             self._tenancy.named(request.tenant, context),
             request.workflow_id,
             version=request.version,
-            inputs=mapping.struct_to_dict(request.inputs),
+            inputs=await mapping.struct_to_dict_off_loop(request.inputs),
             idempotency_key=request.idempotency_key,
         )
 
@@ -158,7 +161,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         state = await self._engine.resume_execution(
             request.execution_id,
             tenant=await self._owner(request.execution_id, context),
-            inputs=mapping.struct_to_dict(request.inputs),
+            inputs=await mapping.struct_to_dict_off_loop(request.inputs),
         )
         return engine_pb2.ResumeExecutionResponse(execution=mapping.execution_to_proto(state))
 
@@ -216,7 +219,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         self, request: engine_pb2.CreateScheduleRequest, context: Context
     ) -> engine_pb2.CreateScheduleResponse:
         tenant = self._tenancy.named(request.schedule.tenant, context)
-        created = await self._schedules.create(schedule_spec(request, tenant))
+        inputs = await mapping.struct_to_dict_off_loop(request.schedule.inputs)
+        created = await self._schedules.create(schedule_spec(request, tenant, inputs))
         return engine_pb2.CreateScheduleResponse(schedule=mapping.schedule_to_proto(created))
 
     async def ListSchedules(
@@ -232,7 +236,12 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def UpdateSchedule(
         self, request: engine_pb2.UpdateScheduleRequest, context: Context
     ) -> engine_pb2.UpdateScheduleResponse:
-        changes = schedule_changes(request)
+        inputs = (
+            await mapping.struct_to_dict_off_loop(request.inputs)
+            if request.HasField("inputs")
+            else None
+        )
+        changes = schedule_changes(request, inputs)
         tenant = await self._schedule_tenant(request.schedule_id, context)
         updated = await self._schedules.update(request.schedule_id, changes, tenant=tenant)
         return engine_pb2.UpdateScheduleResponse(schedule=mapping.schedule_to_proto(updated))
