@@ -33,6 +33,7 @@ from analytics_service.settings import AnalyticsSettings
 from analytics_service.storage.alert_notices import AlertListener
 from analytics_service.storage.database import SqlDatabase, create_engine
 from analytics_service.storage.migrate import upgrade
+from analytics_service.transport.boundary import BoundaryInterceptor, RequestLimits
 from analytics_service.transport.interceptors import (
     AuthInterceptor,
     ErrorInterceptor,
@@ -122,10 +123,18 @@ class RunningService:
 
 
 def build_server(
-    use_cases: AnalyticsUseCases, tokens: TokenTable, metrics: AnalyticsMetrics
+    use_cases: AnalyticsUseCases,
+    tokens: TokenTable,
+    metrics: AnalyticsMetrics,
+    limits: RequestLimits,
 ) -> tuple[grpc.aio.Server, AsyncHealthServicer]:
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), AuthInterceptor(tokens), LatencyInterceptor(metrics)]
+        interceptors=[
+            ErrorInterceptor(),
+            AuthInterceptor(tokens),
+            BoundaryInterceptor(limits),
+            LatencyInterceptor(metrics),
+        ]
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(use_cases), server)
     health_servicer = AsyncHealthServicer()
@@ -180,7 +189,7 @@ async def start(
         tokens=tokens,
         metrics=metrics,
     )
-    server, health_servicer = build_server(use_cases, tokens, metrics)
+    server, health_servicer = build_server(use_cases, tokens, metrics, settings.request_limits())
     port = bind(server, settings)
     await server.start()
     for service in ("", SERVICE_NAME):

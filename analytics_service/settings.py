@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from analytics_service.transport.boundary import RequestLimits
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.stepstream/analytics.db"
 
 _DRIVERS = {
@@ -76,6 +78,39 @@ class AnalyticsSettings(BaseSettings):
     critical_path_executions: int = Field(
         default=1000, ge=1, description="Latest executions read to find the critical path."
     )
+    max_identifier_length: int = Field(
+        default=128,
+        ge=1,
+        le=128,
+        description="Longest tenant, event, execution or rule id a request may carry, in "
+        "characters (at most 128, the width of the columns they are stored in).",
+    )
+    max_name_length: int = Field(
+        default=256,
+        ge=1,
+        le=256,
+        description="Longest workflow id, step id, action, error type, status or rule name "
+        "a request may carry, in characters (at most 256, the column width).",
+    )
+    max_text_length: int = Field(
+        default=64 * 1024,
+        ge=1,
+        description="Longest free text a request may carry (error messages, webhook URLs), "
+        "in characters.",
+    )
+    max_duration_seconds: int = Field(
+        default=100 * 31_557_600,
+        ge=1,
+        le=315_576_000_000,
+        description="Longest duration an event may carry (a step's or execution's run "
+        "time, time saved); longer ones are INVALID_ARGUMENT.",
+    )
+    max_alert_window_seconds: int = Field(
+        default=31 * 86_400,
+        ge=60,
+        le=10 * 366 * 86_400,
+        description="Longest window an alert rule may have (the shortest is one minute).",
+    )
     shutdown_grace_seconds: float = Field(
         default=10.0, ge=0, description="How long in-flight RPCs may finish on SIGTERM."
     )
@@ -85,6 +120,16 @@ class AnalyticsSettings(BaseSettings):
     @classmethod
     def _async_driver(cls, value: SecretStr) -> SecretStr:
         return SecretStr(async_database_url(value.get_secret_value()))
+
+    def request_limits(self) -> RequestLimits:
+        """The bounds the request boundary (transport.boundary) checks requests against."""
+        return RequestLimits(
+            identifier_length=self.max_identifier_length,
+            name_length=self.max_name_length,
+            text_length=self.max_text_length,
+            duration_seconds=self.max_duration_seconds,
+            alert_window_seconds=self.max_alert_window_seconds,
+        )
 
     @property
     def fact_retention(self) -> timedelta | None:

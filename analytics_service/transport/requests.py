@@ -113,8 +113,6 @@ def _event_violations(event: events_pb2.ExecutionEvent, path: str) -> list[Field
         violations.append(FieldViolation(f"{path}.timestamp", "must be set"))
     if event.kind == events_pb2.EVENT_KIND_STEP_STATUS_CHANGED and not event.step_id:
         violations.append(FieldViolation(f"{path}.step_id", "must be set on step events"))
-    if event.duration.seconds < 0 or event.duration.nanos < 0:
-        violations.append(FieldViolation(f"{path}.duration", "must not be negative"))
     return violations
 
 
