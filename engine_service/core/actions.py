@@ -33,6 +33,10 @@ class ActionContext:
     # Called by an action that starts (or takes over) a child execution, with its id: the
     # step's state and its finished event name the child.
     child_started: Callable[[str], None] = field(default=lambda _child_id: None)
+    # What runs: "" for one of the step's attempts, else the handler ("fallback",
+    # "compensation"). An action with a lasting effect keys it by this as well as by the
+    # attempt, so a handler never gets back what the attempt it replaces or undoes made.
+    handler: str = ""
 
 
 Action = Callable[[Mapping[str, Any], ActionContext], Awaitable[Any]]
@@ -56,9 +60,20 @@ class UnknownAction(EngineError):
 class ActionRegistry:
     def __init__(self, actions: Mapping[str, Action] | None = None) -> None:
         self._actions: dict[str, Action] = dict(actions or {})
+        self._slotless: set[str] = set()
 
-    def register(self, name: str, action: Action) -> None:
+    def register(self, name: str, action: Action, *, holds_slot: bool = True) -> None:
+        """`holds_slot=False` for an action that mostly waits on the engine itself (a
+        child execution): it takes none of the engine's step slots, which the work it
+        waits for needs, so parents waiting for children can never starve them."""
         self._actions[name] = action
+        if holds_slot:
+            self._slotless.discard(name)
+        else:
+            self._slotless.add(name)
+
+    def holds_slot(self, name: str) -> bool:
+        return name not in self._slotless
 
     def get(self, name: str) -> Action:
         try:

@@ -97,6 +97,9 @@ class CommandDesk:
         refused it, CommandNotTaken if no process decided it in time."""
         try:
             async with asyncio.timeout(self._timeout):
+                deciding = self._deciding.get(command.id)
+                if deciding is not None:  # applied here: no need to poll the store meanwhile
+                    await asyncio.shield(deciding)
                 decided = await _until_decided(lambda: self._store.get_command(command.id))
         except TimeoutError:
             raise CommandNotTaken(
@@ -119,6 +122,13 @@ class CommandDesk:
                     await self._apply(runner, command)
                     applied += 1
             return applied
+
+    async def deliver(self, runner: ExecutionRunner, command: Command) -> None:
+        """Apply one stored command to a run this process drives, unless it is already
+        being applied."""
+        async with self._lock:
+            if command.id not in self._deciding:
+                await self._apply(runner, command)
 
     async def _apply(self, runner: ExecutionRunner, command: Command) -> None:
         try:

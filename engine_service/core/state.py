@@ -82,6 +82,8 @@ FALLBACK_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
 
 SETTLED_STEP_STATUSES = frozenset({SS.COMPLETED, SS.FAILED, SS.TIMED_OUT, SS.SKIPPED, SS.CANCELLED})
 FAILED_STEP_STATUSES = frozenset({SS.FAILED, SS.TIMED_OUT})
+# The error type of an attempt the engine lost by stopping while it ran.
+LOST_ATTEMPT_ERROR = "EngineRestarted"
 
 R = TypeVar("R")
 _Slot = tuple[str, Callable[[Any], Any], Callable[[Any, Any], None]]
@@ -162,6 +164,9 @@ class StepState:
     missing_inputs: tuple[str, ...] = ()
     next_attempt_at: datetime | None = None
     child_execution_id: str = ""
+    # Attempts the engine lost by stopping mid-attempt: they never count against the
+    # step's retry budget (see `ExecutionRunner._recover_lost_attempt`).
+    lost_attempts: int = 0
 
     @property
     def is_settled(self) -> bool:
@@ -282,10 +287,14 @@ def _next_step_state(current: StepState, target: StepStatus, event: ExecutionEve
         return evolve(current, status=target, missing_inputs=event.missing_inputs)
     if target is SS.PENDING:
         return evolve(current, status=target, missing_inputs=())
+    lost = current.lost_attempts
+    if event.error is not None and event.error.type == LOST_ATTEMPT_ERROR:
+        lost += 1
     return evolve(
         current,
         status=target,
         attempt=max(current.attempt, event.attempt),
+        lost_attempts=lost,
         finished_at=event.timestamp,
         output=event.output,
         error=event.error,

@@ -138,6 +138,7 @@ def _step_to_json(step: StepState) -> dict[str, Any]:
         "missing_inputs": list(step.missing_inputs),
         "next_attempt_at": _time(step.next_attempt_at),
         "child_execution_id": step.child_execution_id,
+        "lost_attempts": step.lost_attempts,
     }
 
 
@@ -155,6 +156,8 @@ def _step_from_json(step_id: str, data: Mapping[str, Any]) -> StepState:
         missing_inputs=tuple(data["missing_inputs"]),
         next_attempt_at=_parse_time(data["next_attempt_at"]),
         child_execution_id=data["child_execution_id"],
+        # Snapshots written before lost attempts were counted have none.
+        lost_attempts=data.get("lost_attempts", 0),
     )
 
 
