@@ -33,6 +33,7 @@ from engine_service.core.errors import (
     Problem,
     StorageError,
 )
+from engine_service.core.leases import HeldLeases
 from engine_service.core.model import WorkflowDefinition
 from engine_service.core.runner import ExecutionRunner
 from engine_service.core.state import (
@@ -115,6 +116,8 @@ class Engine:
         # Set by a LeaseKeeper: new executions are then leased to this process from birth.
         self.lease_owner = ""
         self.lease_seconds = 30.0
+        # The epoch and expiry of each lease this process holds (see `core.leases`).
+        self.leases = HeldLeases(self.clock)
         self._runners: dict[str, ExecutionRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._commands = CommandDesk(store, self.clock, timeout=self.config.command_timeout)
@@ -162,7 +165,8 @@ class Engine:
         stopped = sorted(self._stopped_by_storage)
         if not stopped:
             return 0
-        kept = await self.store.renew_leases(lease, stopped)
+        kept = await self.store.renew_leases(lease, self.leases.epochs(stopped))
+        self.leases.renewed(kept, lease.expires_at)
         resumed = 0
         for execution_id in stopped:
             self._stopped_by_storage.discard(execution_id)
@@ -234,8 +238,10 @@ class Engine:
         inputs = dict(inputs or {})
         _check_inputs(inputs, definition.input_schema)
         state, event = self._new_execution(definition, inputs, idempotency_key, parent, schedule_id)
-        stored, created = await self.store.create_execution(state, [event], lease=self._new_lease())
+        lease = self._new_lease()
+        stored, created = await self.store.create_execution(state, [event], lease=lease)
         if created:
+            self.leases.hold(stored.id, lease)  # before the runner, which takes its epoch
             self.committed(stored, [event])
             self._spawn(definition, stored)
         return stored, created

@@ -4,17 +4,19 @@ unit tests."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TypeVar
 
 from engine_service.core.commands import Command, CommandOutcome
-from engine_service.core.errors import ConcurrentModification, NotFound
+from engine_service.core.errors import ConcurrentModification, LeaseLost, NotFound
 from engine_service.core.model import WorkflowDefinition
 from engine_service.core.schedules import Schedule, ScheduleQuery
 from engine_service.core.state import ExecutionEvent, ExecutionState
 from engine_service.core.store import (
+    FIRST_EPOCH,
+    Claim,
     ExecutionQuery,
     ExecutionStore,
     Lease,
@@ -37,9 +39,12 @@ class InMemoryStore(ExecutionStore):
         self._events: dict[str, list[ExecutionEvent]] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
         self._leases: dict[str, Lease] = {}
+        # Each execution's lease epoch (absent: 0, never leased); kept once it finished.
+        self._epochs: dict[str, int] = {}
         self._schedules: dict[str, Schedule] = {}
         self._schedule_claims: dict[str, Lease] = {}
         self._commands: dict[str, Command] = {}
+        self._command_callbacks: list[Callable[[str], None]] = []
         self._lock = asyncio.Lock()
 
     async def add_workflow(self, definition: WorkflowDefinition) -> WorkflowDefinition:
@@ -84,15 +89,21 @@ class InMemoryStore(ExecutionStore):
             self._events[state.id] = list(events)
             if lease is not None:
                 self._leases[state.id] = lease
+                self._epochs[state.id] = FIRST_EPOCH
             if state.idempotency_key:
                 self._idempotency[key] = state.id
             return state, True
 
-    async def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> None:
+    async def append(
+        self, state: ExecutionState, events: Sequence[ExecutionEvent], *, epoch: int = 0
+    ) -> None:
         async with self._lock:
             stored = self._executions.get(state.id)
             if stored is None:
                 raise NotFound(kind="execution", key=state.id)
+            if self._epochs.get(state.id, 0) != epoch:
+                holder = self._leases.get(state.id)
+                raise LeaseLost(execution_id=state.id, owner=holder.owner if holder else "")
             if events and stored.last_sequence != events[0].sequence - 1:
                 raise ConcurrentModification(
                     execution_id=state.id, expected_sequence=events[0].sequence - 1
@@ -125,19 +136,25 @@ class InMemoryStore(ExecutionStore):
 
     async def claim_executions(
         self, lease: Lease, *, now: datetime, limit: int, take_over: bool = False
-    ) -> list[ExecutionState]:
+    ) -> list[Claim]:
         async with self._lock:
-            claimed: list[ExecutionState] = []
+            claimed: list[Claim] = []
             for state in await self.unfinished_executions():
                 held = self._leases.get(state.id)
                 free = held is None or held.expires_at < now or take_over
                 if len(claimed) < limit and free:
                     self._leases[state.id] = lease
-                    claimed.append(state)
+                    self._epochs[state.id] = self._epochs.get(state.id, 0) + 1
+                    claimed.append(Claim(state, self._epochs[state.id]))
             return claimed
 
     async def add_command(self, command: Command) -> None:
         self._commands[command.id] = command
+        for callback in self._command_callbacks:
+            callback(command.execution_id)
+
+    def on_command(self, callback: Callable[[str], None]) -> None:
+        self._command_callbacks.append(callback)
 
     async def pending_commands(self) -> list[Command]:
         pending = [c for c in self._commands.values() if c.outcome is CommandOutcome.PENDING]
@@ -158,16 +175,18 @@ class InMemoryStore(ExecutionStore):
         self._commands[command_id] = replace(command, outcome=outcome, detail=detail)
         return True
 
-    async def renew_leases(self, lease: Lease, execution_ids: Sequence[str]) -> set[str]:
+    async def renew_leases(self, lease: Lease, held: Mapping[str, int]) -> set[str]:
         async with self._lock:
-            held = {
+            kept = {
                 execution_id
-                for execution_id in execution_ids
-                if (current := self._leases.get(execution_id)) and current.owner == lease.owner
+                for execution_id, epoch in held.items()
+                if (current := self._leases.get(execution_id))
+                and current.owner == lease.owner
+                and self._epochs.get(execution_id, 0) == epoch
             }
-            for execution_id in held:
+            for execution_id in kept:
                 self._leases[execution_id] = lease
-            return held
+            return kept
 
     async def add_schedule(self, schedule: Schedule) -> Schedule:
         async with self._lock:

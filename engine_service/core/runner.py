@@ -75,6 +75,8 @@ class ExecutionRunner:
         # An unexpected error in a step task: the runner stops, as if the process had died.
         self._crash: BaseException | None = None
         self.finished = asyncio.Event()
+        # The epoch of this process's lease on the run: every write carries it (fencing).
+        self._epoch = engine.leases.epoch(state.id)
         if state.status is not ES.PAUSED:
             self._running_gate.set()
 
@@ -315,6 +317,7 @@ class ExecutionRunner:
         """
         while True:
             await self._running_gate.wait()
+            await self._engine.leases.until_fresh(self._state.id)
             async with self._engine.step_slots:
                 if await self._start_attempt(step, attempt):
                     outcome = await self._invoke(
@@ -344,6 +347,8 @@ class ExecutionRunner:
         async with self._lock:
             if self._state.status is not ES.RUNNING or self._stopping:
                 return False
+            if not self._engine.leases.fresh(self._state.id):
+                return False  # the lease is about to expire: wait for a renewal
             write = self._stage(
                 [self._events.step_event(self._state, step.id, SS.RUNNING, attempt=attempt)]
             )
@@ -584,7 +589,7 @@ class ExecutionRunner:
             state = apply(state, event)
             numbered.append(event)
         self._state = state
-        write = asyncio.ensure_future(self._engine.store.append(state, numbered))
+        write = asyncio.ensure_future(self._engine.store.append(state, numbered, epoch=self._epoch))
         write.add_done_callback(functools.partial(self._written, state, numbered))
         return write
 

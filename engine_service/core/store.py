@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import base64
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -59,6 +59,19 @@ class Lease:
 
     owner: str
     expires_at: datetime
+
+
+# The epoch of an execution leased to its creator; every claim adds one. An execution
+# never leased is at epoch 0.
+FIRST_EPOCH = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An execution a claim leased to the claimer, and the epoch its writes must carry."""
+
+    state: ExecutionState
+    epoch: int
 
 
 def encode_page_token(offset: int) -> str:
@@ -118,16 +131,22 @@ class ExecutionStore(abc.ABC):
 
         When `state.idempotency_key` is set and the tenant already has an execution with
         that key, nothing is written and that execution is returned with False. With a
-        `lease`, the creator holds the execution from the start: no one else claims it.
+        `lease`, the creator holds the execution from the start, at FIRST_EPOCH: no one
+        else claims it until the lease expires.
         """
 
     @abc.abstractmethod
-    def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> Awaitable[None]:
+    def append(
+        self, state: ExecutionState, events: Sequence[ExecutionEvent], *, epoch: int = 0
+    ) -> Awaitable[None]:
         """Commit `events` and the `state` they lead to, atomically; awaiting the result
         waits until they are durable. A store may start the write before it is awaited
         (the runner pipelines one execution's commits this way); writes of one execution
         reach the store in the order `append` was called.
 
+        `epoch` is that of the writer's lease (0: the execution was never leased). The
+        write is fenced: LeaseLost, writing nothing, unless it is the execution's current
+        epoch, i.e. unless no one claimed the execution since the writer got its lease.
         Raises ConcurrentModification unless the stored state is at the sequence just
         before the first event.
         """
@@ -153,22 +172,30 @@ class ExecutionStore(abc.ABC):
     @abc.abstractmethod
     async def claim_executions(
         self, lease: Lease, *, now: datetime, limit: int, take_over: bool = False
-    ) -> list[ExecutionState]:
+    ) -> list[Claim]:
         """Lease up to `limit` unfinished executions whose lease expired, oldest first.
 
         The claimer's own leases count too once expired: they belong to runs it stopped
         driving (a runner that failed to write), which it takes up again; the runs it
         drives keep their leases renewed. With `take_over`, every unfinished execution is
         claimed whatever its lease (a single-process engine restarting). Concurrent
-        claimers never get the same execution.
+        claimers never get the same execution. Every claim moves the execution to the
+        next epoch, so whoever held it before can write nothing more.
         """
 
     @abc.abstractmethod
-    async def renew_leases(self, lease: Lease, execution_ids: Sequence[str]) -> set[str]:
-        """Extend the owner's leases; returns the ids it still holds."""
+    async def renew_leases(self, lease: Lease, held: Mapping[str, int]) -> set[str]:
+        """Extend the owner's leases of `held` (execution id: the epoch held), keeping
+        their epochs; returns the ids it still holds. A lease claimed since (by anyone,
+        the same owner too) is not renewed."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release connections; the in-memory store has none."""
+
+    def on_command(self, callback: Callable[[str], None]) -> None:  # noqa: B027
+        """Have `callback(execution_id)` called when any process stores a command, where
+        the store itself can tell (the in-memory store, shared by engines in one process).
+        Postgres tells through LISTEN/NOTIFY instead (`storage.notify`); others do not."""
 
     # ---- commands for another process's executions (see `core.commands`) -------------
 

@@ -68,6 +68,8 @@ class ExecutionRow(Base):
     # on read. Rewriting the whole snapshot on every append cost most of the CPU.
     snapshot_sequence: Mapped[int] = mapped_column(BigInteger)
     state: Mapped[dict[str, Any]] = mapped_column(Json)
+    # Claims of the execution so far (see `storage.lease_store`): appends must carry it.
+    lease_epoch: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_executions_tenant_created", "tenant", "created_at"),
@@ -127,6 +129,8 @@ class LeaseRow(Base):
     execution_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     owner: Mapped[str] = mapped_column(String(ID_LENGTH))
     expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    # The same as the execution's `lease_epoch`: renewals must carry it.
+    epoch: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 # The tables, for Core statements (the hot paths avoid the ORM unit of work).

@@ -5,9 +5,10 @@ on Postgres the whole batch is one statement of data-modifying CTEs over `unnest
 arrays, sent by asyncpg directly (SQLAlchemy's per-statement work and the BEGIN and
 COMMIT round trips were a quarter of the engine's CPU in a profile of the benchmark).
 A single statement is atomic, so it needs no transaction of its own: it first locks
-the batch's execution rows that are at the expected sequence (and not leased to another
-owner), and writes anything only if that is every one of them; otherwise it writes
-nothing and reports so, and the caller finds out which check failed.
+the batch's execution rows that are at the expected sequence and at the lease epoch the
+writer holds (so a writer whose lease was claimed since commits nothing: fencing), and
+writes anything only if that is every one of them; otherwise it writes nothing and
+reports so, and the caller finds out which check failed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -25,7 +26,14 @@ from engine_service.storage.attempts import attempt_rows
 from engine_service.storage.codec import dumps, event_to_json, state_snapshot
 from engine_service.storage.notices import NOTIFY_CHANNEL, notice_payloads
 
-Append = tuple[ExecutionState, Sequence[ExecutionEvent]]
+
+class Append(NamedTuple):
+    """One `append` call: the events, the state they lead to, the writer's lease epoch."""
+
+    state: ExecutionState
+    events: Sequence[ExecutionEvent]
+    epoch: int
+
 
 _APPEND = f"""
 WITH v AS (
@@ -33,16 +41,14 @@ WITH v AS (
         CAST(:ids AS text[]), CAST(:expected AS bigint[]), CAST(:statuses AS text[]),
         CAST(:started AS timestamptz[]), CAST(:finished AS timestamptz[]),
         CAST(:lasts AS bigint[]), CAST(:snapshot_sequences AS bigint[]),
-        CAST(:snapshots AS text[])
+        CAST(:snapshots AS text[]), CAST(:epochs AS bigint[])
     ) AS v(id, expected, status, started_at, finished_at, last_sequence,
-           snapshot_sequence, snapshot)
+           snapshot_sequence, snapshot, epoch)
 ), current AS (
-    -- Locked until the statement ends; a row changed meanwhile is re-checked.
+    -- Locked until the statement ends; a row changed meanwhile (a claim moved its
+    -- epoch) is re-checked.
     SELECT e.id FROM executions AS e JOIN v ON e.id = v.id
-    WHERE e.last_sequence = v.expected
-      AND NOT EXISTS (
-          SELECT 1 FROM leases AS l
-          WHERE l.execution_id = e.id AND :owner <> '' AND l.owner <> :owner)
+    WHERE e.last_sequence = v.expected AND e.lease_epoch = v.epoch
     FOR UPDATE OF e
 ), ok AS (
     SELECT count(*) = cardinality(CAST(:ids AS text[])) AS all_matched FROM current
@@ -145,32 +151,32 @@ class PgAppender:
 
 def batch_parameters(batch: Sequence[Append], *, owner: str, needs_snapshot: Any) -> dict[str, Any]:
     return {
-        "owner": owner,
         **_execution_columns(batch, needs_snapshot),
-        **_event_columns([e for _, events in batch for e in events]),
-        **_attempt_columns([e for _, events in batch for e in events]),
-        "finished_ids": [state.id for state, _ in batch if state.status.is_terminal],
-        "notices": notice_payloads(batch, owner),
+        **_event_columns([e for a in batch for e in a.events]),
+        **_attempt_columns([e for a in batch for e in a.events]),
+        "finished_ids": [a.state.id for a in batch if a.state.status.is_terminal],
+        "notices": notice_payloads([(a.state, a.events) for a in batch], owner),
     }
 
 
 def _execution_columns(batch: Sequence[Append], needs_snapshot: Any) -> dict[str, list[Any]]:
-    snapshots = [needs_snapshot(events) for _, events in batch]
+    snapshots = [needs_snapshot(a.events) for a in batch]
     return {
-        "ids": [state.id for state, _ in batch],
-        "expected": [events[0].sequence - 1 for _, events in batch],
-        "statuses": [state.status.value for state, _ in batch],
-        "started": [state.started_at for state, _ in batch],
-        "finished": [state.finished_at for state, _ in batch],
-        "lasts": [state.last_sequence for state, _ in batch],
+        "ids": [a.state.id for a in batch],
+        "expected": [a.events[0].sequence - 1 for a in batch],
+        "statuses": [a.state.status.value for a in batch],
+        "started": [a.state.started_at for a in batch],
+        "finished": [a.state.finished_at for a in batch],
+        "lasts": [a.state.last_sequence for a in batch],
         "snapshot_sequences": [
-            state.last_sequence if take else None
-            for (state, _), take in zip(batch, snapshots, strict=True)
+            a.state.last_sequence if take else None
+            for a, take in zip(batch, snapshots, strict=True)
         ],
         "snapshots": [
-            dumps(state_snapshot(state)) if take else None
-            for (state, _), take in zip(batch, snapshots, strict=True)
+            dumps(state_snapshot(a.state)) if take else None
+            for a, take in zip(batch, snapshots, strict=True)
         ],
+        "epochs": [a.epoch for a in batch],
     }
 
 

@@ -23,6 +23,7 @@ from engine_service.core.errors import ConcurrentModification, LeaseLost, NotFou
 from engine_service.core.model import WorkflowDefinition
 from engine_service.core.state import EventKind, ExecutionEvent, ExecutionState, replay
 from engine_service.core.store import (
+    FIRST_EPOCH,
     ExecutionQuery,
     ExecutionStore,
     Lease,
@@ -43,6 +44,7 @@ from engine_service.storage.codec import (
 )
 from engine_service.storage.command_store import SqlCommandStore
 from engine_service.storage.group_commit import GroupCommitter
+from engine_service.storage.lease_store import SqlLeaseStore
 from engine_service.storage.models import (
     execution_events,
     executions,
@@ -52,7 +54,7 @@ from engine_service.storage.models import (
     workflow_definitions,
 )
 from engine_service.storage.notices import NOTIFY_CHANNEL, notice_payloads
-from engine_service.storage.pg_append import PgAppender
+from engine_service.storage.pg_append import Append, PgAppender
 from engine_service.storage.schedule_store import SqlScheduleStore
 from engine_service.storage.unavailable import reports_unreachable_database, unreachable
 
@@ -61,13 +63,12 @@ from engine_service.storage.unavailable import reports_unreachable_database, unr
 _LOADING_LIMITS = DefinitionLimits(
     max_steps=10**9, max_depends_on=10**9, max_definition_bytes=10**12, max_id_length=10**6
 )
-Append = tuple[ExecutionState, Sequence[ExecutionEvent]]
 # Events between snapshots of an execution's state; reads fold at most this many.
 SNAPSHOT_EVERY = 64
 
 
 @reports_unreachable_database
-class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
+class SqlExecutionStore(SqlLeaseStore, SqlScheduleStore, SqlCommandStore, ExecutionStore):
     def __init__(
         self,
         engine: AsyncEngine,
@@ -76,8 +77,7 @@ class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
         max_batch: int = 512,
         on_close: Callable[[], None] | None = None,
     ) -> None:
-        """`owner` names this engine process; appends to executions leased to another
-        owner are refused (fencing), so a process that lost a lease cannot write."""
+        """`owner` names this engine process in the notices of its commits."""
         self._engine = engine
         self._owner = owner
         self._on_close = on_close
@@ -212,16 +212,22 @@ class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
                             tenant=state.tenant, key=state.idempotency_key, execution_id=state.id
                         )
                     )
-                await connection.execute(insert(executions).values(**execution_columns(state)))
+                epoch = FIRST_EPOCH if lease is not None else 0
+                await connection.execute(
+                    insert(executions).values(**execution_columns(state), lease_epoch=epoch)
+                )
                 if lease is not None:
                     await connection.execute(
                         insert(leases).values(
-                            execution_id=state.id, owner=lease.owner, expires_at=lease.expires_at
+                            execution_id=state.id,
+                            owner=lease.owner,
+                            expires_at=lease.expires_at,
+                            epoch=epoch,
                         )
                     )
                 await _insert_events(connection, events)
                 await _record_attempts(connection, self.dialect, events)
-                await self._notify(connection, [(state, events)])
+                await self._notify(connection, [Append(state, events, 0)])
         except IntegrityError:
             if not state.idempotency_key:
                 raise
@@ -239,13 +245,15 @@ class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
             raise NotFound(kind="idempotency key", key=key)
         return await self.get_execution(execution_id)
 
-    def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> Awaitable[None]:
+    def append(
+        self, state: ExecutionState, events: Sequence[ExecutionEvent], *, epoch: int = 0
+    ) -> Awaitable[None]:
         # Queued now, not when first awaited: the runner stages writes without awaiting.
         if not events:
             done = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
-        return self._committer.enqueue((state, events), key=state.id)
+        return self._committer.enqueue(Append(state, events, epoch), key=state.id)
 
     async def _write_appends(self, batch: Sequence[Append]) -> None:
         """One batch of appends, atomically, in a fixed number of round trips."""
@@ -270,7 +278,7 @@ class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
 
     async def _write_stepwise(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
         await self._check_sequences(connection, batch)
-        progress = [{"b_id": state.id, **progress_columns(state)} for state, _ in batch]
+        progress = [{"b_id": state.id, **progress_columns(state)} for state, _, _ in batch]
         await connection.execute(_UPDATE_PROGRESS, progress)
         snapshots = [
             {
@@ -278,15 +286,15 @@ class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
                 "snapshot_sequence": state.last_sequence,
                 "state": state_snapshot(state),
             }
-            for state, events in batch
+            for state, events, _ in batch
             if _needs_snapshot(events)
         ]
         if snapshots:
             await connection.execute(_UPDATE_SNAPSHOT, snapshots)
-        all_events = [event for _, events in batch for event in events]
+        all_events = [event for _, events, _ in batch for event in events]
         await _insert_events(connection, all_events)
         await _record_attempts(connection, self.dialect, all_events)
-        finished = [state.id for state, _ in batch if state.status.is_terminal]
+        finished = [state.id for state, _, _ in batch if state.status.is_terminal]
         if finished:
             await connection.execute(delete(leases).where(leases.c.execution_id.in_(finished)))
         await self._notify(connection, batch)
@@ -295,84 +303,39 @@ class SqlExecutionStore(SqlScheduleStore, SqlCommandStore, ExecutionStore):
         """Wake tailing readers in other engine processes (delivered on commit)."""
         if self.dialect != "postgresql":
             return
-        payloads = notice_payloads(batch, self._owner)
+        payloads = notice_payloads([(a.state, a.events) for a in batch], self._owner)
         await connection.execute(_NOTIFY, {"payloads": payloads})
 
     async def _check_sequences(self, connection: AsyncConnection, batch: Sequence[Append]) -> None:
-        """Lock the batch's executions and refuse any append from a stale sequence."""
+        """Lock the batch's executions and refuse any append from a stale lease epoch or
+        a stale sequence."""
         expected: dict[str, int] = {}
-        for state, events in batch:
+        for state, events, _ in batch:
             if state.id in expected:  # two appends of one execution in one batch
                 expected[state.id] = min(expected[state.id], events[0].sequence - 1)
             else:
                 expected[state.id] = events[0].sequence - 1
         locked = (
-            select(executions.c.id, executions.c.last_sequence, leases.c.owner)
+            select(
+                executions.c.id,
+                executions.c.last_sequence,
+                executions.c.lease_epoch,
+                leases.c.owner,
+            )
             .outerjoin(leases, leases.c.execution_id == executions.c.id)
             .where(executions.c.id.in_(sorted(expected)))
         )
         if self.dialect == "postgresql":
             locked = locked.with_for_update(of=executions)
         rows = {row.id: row for row in await connection.execute(locked)}
+        for state, _, epoch in batch:
+            row = rows.get(state.id)
+            if row is not None and row.lease_epoch != epoch:
+                raise LeaseLost(execution_id=state.id, owner=row.owner or "")
         for execution_id, sequence in expected.items():
             row = rows.get(execution_id)
             if row is None or row.last_sequence != sequence:
                 raise ConcurrentModification(execution_id=execution_id, expected_sequence=sequence)
-            if self._owner and row.owner is not None and row.owner != self._owner:
-                raise LeaseLost(execution_id=execution_id, owner=row.owner)
-
-    async def claim_executions(
-        self, lease: Lease, *, now: datetime, limit: int, take_over: bool = False
-    ) -> list[ExecutionState]:
-        async with self._engine.begin() as connection:
-            candidates = (
-                select(executions.c.id)
-                .outerjoin(leases, leases.c.execution_id == executions.c.id)
-                .where(executions.c.finished_at.is_(None))
-                .order_by(executions.c.created_at, executions.c.id)
-                .limit(limit)
-            )
-            if not take_over:
-                candidates = candidates.where(
-                    or_(leases.c.execution_id.is_(None), leases.c.expires_at < now),
-                )
-            if self.dialect == "postgresql":
-                # Replicas claiming at once skip each other's rows instead of waiting.
-                candidates = candidates.with_for_update(of=executions, skip_locked=True)
-            ids = list(await connection.scalars(candidates))
-            if not ids:
-                return []
-            statement = _upsert(self.dialect)(leases)
-            await connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["execution_id"],
-                    set_={
-                        "owner": statement.excluded.owner,
-                        "expires_at": statement.excluded.expires_at,
-                    },
-                ),
-                [
-                    {"execution_id": i, "owner": lease.owner, "expires_at": lease.expires_at}
-                    for i in ids
-                ],
-            )
-        states = await self._load(executions.c.id.in_(ids))
-        states.sort(key=lambda s: (s.created_at, s.id))
-        return [s for s in states if not s.status.is_terminal]
-
-    async def renew_leases(self, lease: Lease, execution_ids: Sequence[str]) -> set[str]:
-        if not execution_ids:
-            return set()
-        async with self._engine.begin() as connection:
-            renewed = await connection.execute(
-                update(leases)
-                .where(
-                    leases.c.owner == lease.owner, leases.c.execution_id.in_(list(execution_ids))
-                )
-                .values(expires_at=lease.expires_at)
-                .returning(leases.c.execution_id)
-            )
-            return set(renewed.scalars())
 
     async def get_execution(self, execution_id: str) -> ExecutionState:
         states = await self._load(executions.c.id == execution_id)
@@ -468,11 +431,14 @@ _NOTIFY = text(
 
 
 def _merged(batch: Sequence[Append]) -> list[Append]:
-    """One append per execution: consecutive appends of one execution are contiguous."""
-    merged: dict[str, Append] = {}
-    for state, events in batch:
-        earlier = merged.get(state.id)
-        merged[state.id] = (state, [*earlier[1], *events] if earlier else list(events))
+    """One append per execution and epoch: consecutive appends of one execution are
+    contiguous. (Appends of one execution at two epochs cannot both be right: the batch
+    fails, and each is tried alone.)"""
+    merged: dict[tuple[str, int], Append] = {}
+    for state, events, epoch in batch:
+        earlier = merged.get((state.id, epoch))
+        combined = [*earlier.events, *events] if earlier else list(events)
+        merged[(state.id, epoch)] = Append(state, combined, epoch)
     return list(merged.values())
 
 

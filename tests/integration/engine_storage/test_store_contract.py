@@ -17,7 +17,12 @@ import pytest
 from engine_service.core.commands import Command, CommandKind, CommandOutcome
 from engine_service.core.definitions import parse_definition
 from engine_service.core.engine import Engine
-from engine_service.core.errors import ConcurrentModification, InvalidArgument, NotFound
+from engine_service.core.errors import (
+    ConcurrentModification,
+    InvalidArgument,
+    LeaseLost,
+    NotFound,
+)
 from engine_service.core.state import (
     EventKind,
     ExecutionEvent,
@@ -29,7 +34,7 @@ from engine_service.core.state import (
     blank,
     replay,
 )
-from engine_service.core.store import ExecutionQuery, ExecutionStore, WorkflowQuery
+from engine_service.core.store import ExecutionQuery, ExecutionStore, Lease, WorkflowQuery
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -349,3 +354,85 @@ async def test_commands_are_pending_until_decided_once(store: ExecutionStore) ->
     assert await store.pending_commands() == [second]
     with pytest.raises(NotFound):
         await store.get_command("no-such-command")
+
+
+# ---- leases and fencing -------------------------------------------------------------
+
+LEASE = timedelta(seconds=30)
+
+
+async def _leased(store: ExecutionStore, owner: str = "a") -> ExecutionState:
+    state, event = new_execution()
+    await store.create_execution(state, [event], lease=Lease(owner, T0 + LEASE))
+    return state
+
+
+async def _claim(store: ExecutionStore, owner: str, *, take_over: bool = False) -> dict[str, int]:
+    now = T0 + 2 * LEASE  # past every lease taken at T0
+    claims = await store.claim_executions(
+        Lease(owner, now + LEASE), now=now, limit=10, take_over=take_over
+    )
+    return {claim.state.id: claim.epoch for claim in claims}
+
+
+async def test_a_leased_execution_takes_appends_at_its_first_epoch_only(
+    store: ExecutionStore,
+) -> None:
+    state = await _leased(store)
+    events = running_events(state)
+    with pytest.raises(LeaseLost):
+        await store.append(replay(state, events[:1]), events[:1])  # epoch 0: unleased
+    assert len(await store.read_events(state.id)) == 1
+    await store.append(replay(state, events[:1]), events[:1], epoch=1)
+    assert (await store.get_execution(state.id)).status is ExecutionStatus.RUNNING
+
+
+async def test_every_claim_moves_the_epoch_on_and_the_previous_holder_writes_nothing(
+    store: ExecutionStore,
+) -> None:
+    state = await _leased(store, "a")
+    unleased, unleased_event = new_execution(created_at=T0 + timedelta(seconds=1))
+    await store.create_execution(unleased, [unleased_event])
+    assert await _claim(store, "b") == {state.id: 2, unleased.id: 1}
+    events = running_events(state)
+    with pytest.raises(LeaseLost):
+        await store.append(replay(state, events[:1]), events[:1], epoch=1)
+    assert await store.get_execution(state.id) == state
+    assert len(await store.read_events(state.id)) == 1
+    # The same owner claiming again (a restart with the same instance id) fences itself.
+    assert await _claim(store, "b", take_over=True) == {state.id: 3, unleased.id: 2}
+    with pytest.raises(LeaseLost):
+        await store.append(replay(state, events[:1]), events[:1], epoch=2)
+    await store.append(replay(state, events[:1]), events[:1], epoch=3)
+    assert len(await store.read_events(state.id)) == 2
+
+
+async def test_renewal_keeps_the_epoch_and_a_claimed_lease_is_not_renewed(
+    store: ExecutionStore,
+) -> None:
+    state = await _leased(store, "a")
+    renewal = Lease("a", T0 + 3 * LEASE)
+    assert await store.renew_leases(renewal, {state.id: 1}) == {state.id}
+    assert await _claim(store, "a") == {}  # renewed past `now`: nothing to claim
+    events = running_events(state)
+    await store.append(replay(state, events[:1]), events[:1], epoch=1)
+    assert await _claim(store, "a", take_over=True) == {state.id: 2}
+    assert await store.renew_leases(renewal, {state.id: 1}) == set()  # the stale holder
+    assert await store.renew_leases(Lease("b", renewal.expires_at), {state.id: 2}) == set()
+    assert await store.renew_leases(renewal, {state.id: 2}) == {state.id}
+
+
+async def test_a_stale_append_fails_alone_among_concurrent_appends(store: ExecutionStore) -> None:
+    fresh = await _leased(store)
+    stale = await _leased(store)
+    await _claim(store, "b", take_over=True)  # both at epoch 2 now
+    fresh_events, stale_events = running_events(fresh), running_events(stale)
+    results = await asyncio.gather(
+        store.append(replay(fresh, fresh_events), fresh_events, epoch=2),
+        store.append(replay(stale, stale_events), stale_events, epoch=1),
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert isinstance(results[1], LeaseLost)
+    assert len(await store.read_events(fresh.id)) == 4
+    assert len(await store.read_events(stale.id)) == 1

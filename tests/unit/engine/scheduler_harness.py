@@ -168,13 +168,15 @@ class FailingStore(InMemoryStore):
         self.status = status
         self.failed = False
 
-    async def append(self, state: ExecutionState, events: Sequence[ExecutionEvent]) -> None:
+    async def append(
+        self, state: ExecutionState, events: Sequence[ExecutionEvent], *, epoch: int = 0
+    ) -> None:
         if not self.failed and any(
             e.step_id == self.step_id and e.step_status is self.status for e in events
         ):
             self.failed = True
             raise StorageError("disk full")
-        await super().append(state, events)
+        await super().append(state, events, epoch=epoch)
 
 
 async def restart(engines: Callable[..., Engine], first: Engine, store: ExecutionStore) -> Engine:
