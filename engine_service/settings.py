@@ -62,6 +62,12 @@ class EngineSettings(BaseSettings):
         "limit; 0 means no limit.",
     )
     max_workflow_depth: int = Field(default=5, ge=1, description="How deep sub-workflows may nest.")
+    max_lost_attempts: int = Field(
+        default=3,
+        ge=0,
+        description="Attempts of one step the engine may lose by stopping mid-attempt (they "
+        "use none of the retry budget); one more fails the step with EngineRestarted.",
+    )
     grace_period_seconds: float = Field(
         default=10.0,
         ge=0,
@@ -220,6 +226,7 @@ class EngineSettings(BaseSettings):
             max_steps_per_execution=self.max_steps_per_execution,
             max_concurrent_steps=self.max_concurrent_steps,
             max_workflow_depth=self.max_workflow_depth,
+            max_lost_attempts=self.max_lost_attempts,
         )
 
     def scheduler_config(self) -> SchedulerConfig:

@@ -7,12 +7,11 @@ Transport calls these methods; each execution that is not finished has one
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,12 +45,20 @@ from engine_service.core.state import (
     blank,
     replay,
 )
-from engine_service.core.store import ExecutionQuery, ExecutionStore, Lease, Page, WorkflowQuery
+from engine_service.core.store import (
+    MAX_PAGE_SIZE,
+    ExecutionQuery,
+    ExecutionStore,
+    Lease,
+    Page,
+    WorkflowQuery,
+)
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[ExecutionState, Sequence[ExecutionEvent]], None]
 SUCCESSFUL = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.COMPLETED_WITH_ERRORS})
+_UNFINISHED = frozenset(s for s in ExecutionStatus if not s.is_terminal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,9 @@ class EngineConfig:
     commands_across_processes: bool = False
     # How long such a command waits for the driving process to apply it.
     command_timeout: float = 60.0
+    # Attempts of one step the engine may lose by stopping mid-attempt before the step
+    # fails for good (a step that keeps killing the engine must not loop for ever).
+    max_lost_attempts: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +117,8 @@ class Engine:
         self.store = store
         self.config = config or EngineConfig()
         self.actions = actions or builtin_actions()
-        self.actions.register("workflow", self._run_child_workflow)
+        # A step waiting for its child holds no engine-wide slot (the child needs them).
+        self.actions.register("workflow", self._run_child_workflow, holds_slot=False)
         self.clock: Clock = clock or SystemClock()
         self.secrets: Mapping[str, str] = secrets if secrets is not None else EnvironmentSecrets()
         self.rng = rng or random.Random()
@@ -121,8 +132,15 @@ class Engine:
         self._runners: dict[str, ExecutionRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._commands = CommandDesk(store, self.clock, timeout=self.config.command_timeout)
-        self._stopped_by_storage: set[str] = set()
+        # Runs whose runner stopped without ending them (a failed write, an unexpected
+        # error): driven again from their last commit at the next lease round.
+        self._stopped: set[str] = set()
         self._listeners: list[Listener] = []
+        # Background work of the engine itself (driving stopped runs again, applying
+        # commands the store told of), cancelled by `stop`.
+        self._chores: set[asyncio.Task[Any]] = set()
+        self._redriving: asyncio.Task[None] | None = None
+        store.on_command(self._command_stored)
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -134,11 +152,12 @@ class Engine:
                 state.tenant, state.workflow_id, state.workflow_version
             )
             self._spawn(definition, state)
+        await self.apply_commands()  # accepted before the stop: honoured before all else
         return len(unfinished)
 
     async def stop(self) -> None:
         """Stop driving executions without changing their committed state."""
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._chores]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -159,20 +178,51 @@ class Engine:
         self._spawn(definition, state)
         return True
 
-    async def resume_stopped(self, lease: Lease) -> int:
-        """Drive again the runs a failed write stopped, whose leases this process still
-        holds; raises (and keeps them for the next try) while the store fails."""
-        stopped = sorted(self._stopped_by_storage)
+    async def resume_stopped(self, lease: Lease | None) -> int:
+        """Drive again the runs a failed write or an unexpected error stopped, whose
+        leases this process still holds (all of them without leases); raises (and keeps
+        the rest for the next try) while the store fails."""
+        stopped = sorted(self._stopped)
         if not stopped:
             return 0
-        kept = await self.store.renew_leases(lease, self.leases.epochs(stopped))
-        self.leases.renewed(kept, lease.expires_at)
+        if lease is None:
+            kept = set(stopped)
+        else:
+            kept = await self.store.renew_leases(lease, self.leases.epochs(stopped))
+            self.leases.renewed(kept, lease.expires_at)
         resumed = 0
         for execution_id in stopped:
-            self._stopped_by_storage.discard(execution_id)
             if execution_id in kept:
                 resumed += await self.adopt(await self.store.get_execution(execution_id))
+            self._stopped.discard(execution_id)
+        if resumed:
+            await self.apply_commands()
         return resumed
+
+    def _redrive_soon(self) -> None:
+        """Drive the stopped runs again as soon as the store answers, not only at the
+        next lease round: a command waiting for one of them is applied without delay."""
+        if self._redriving is None or self._redriving.done():
+            self._redriving = self._chore(self._redrive())
+
+    async def _redrive(self) -> None:
+        delay = 0.05
+        while self._stopped:
+            await asyncio.sleep(delay)
+            try:
+                await self.resume_stopped(self._new_lease())
+            except StorageError:
+                delay = min(2 * delay, 5.0)
+
+    def _command_stored(self, execution_id: str) -> None:
+        if execution_id in self._runners:
+            self._chore(self.apply_commands())
+
+    def _chore(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+        return task
 
     async def abandon(self, execution_id: str) -> None:
         """Stop driving an execution, committing nothing: another process took it over."""
@@ -243,7 +293,7 @@ class Engine:
         if created:
             self.leases.hold(stored.id, lease)  # before the runner, which takes its epoch
             self.committed(stored, [event])
-            self._spawn(definition, stored)
+            self._spawn(definition, stored, recovered=False)
         return stored, created
 
     def _new_execution(
@@ -309,12 +359,38 @@ class Engine:
     async def cancel_execution(
         self, execution_id: str, *, tenant: str | None = None, reason: str = ""
     ) -> ExecutionState:
-        runner = await self._runner(execution_id, tenant, ExecutionStatus.CANCELLED)
-        if runner is None:
-            await self._send_command(execution_id, CommandKind.CANCEL, reason=reason)
-            return await self._wait_until_ended(execution_id)
-        runner.request_cancel(reason)
-        return await self.wait_for(execution_id)
+        """Cancel and wait for the run to end. The cancel is stored before it is applied,
+        so once accepted it survives the runner's or the process's death (whoever drives
+        the run next applies it), even when this process drives the run."""
+        await self._runner(execution_id, tenant, ExecutionStatus.CANCELLED)
+        await self._send_command(execution_id, CommandKind.CANCEL, reason=reason)
+        return await self._wait_until_ended(execution_id)
+
+    async def cancel_children(self, parent_id: str, reason: str) -> None:
+        """Tell every unfinished child of `parent_id` to cancel, wherever it is driven:
+        a stored command each (applied by its driving process, now or once one takes it
+        over), so the cascade reaches every descendant and survives a stop."""
+        query = ExecutionQuery(
+            parent_execution_id=parent_id,
+            statuses=_UNFINISHED,
+            page_size=MAX_PAGE_SIZE,
+        )
+        while True:
+            page = await self.store.list_executions(query)
+            for child in page.items:
+                await self.cancel_descendant(child.id, reason)
+            if not page.next_page_token:
+                return
+            query = replace(query, page_token=page.next_page_token)
+
+    async def cancel_descendant(self, execution_id: str, reason: str) -> None:
+        """Store a cancel for a child execution and apply it here if this process drives
+        it; returns without waiting for it to end."""
+        command = self._commands.command(execution_id, CommandKind.CANCEL, reason=reason)
+        await self.store.add_command(command)
+        runner = self._runners.get(execution_id)
+        if runner is not None:
+            await self._commands.deliver(runner, command)
 
     async def pause_execution(
         self, execution_id: str, *, tenant: str | None = None
@@ -353,8 +429,6 @@ class Engine:
 
     async def apply_commands(self) -> int:
         """Apply the stored commands for executions this process drives; how many."""
-        if not self.config.commands_across_processes:
-            return 0
         return await self._commands.apply(self._runners)
 
     async def wait_for(self, execution_id: str) -> ExecutionState:
@@ -376,21 +450,18 @@ class Engine:
             listener(state, events)
         if state.status.is_terminal:
             self.bus.close_execution(state.id)
-            if state.status not in SUCCESSFUL:
-                self._cancel_children(state.id)
-
-    def _cancel_children(self, parent_id: str) -> None:
-        for runner in list(self._runners.values()):
-            if runner.state.parent_execution_id == parent_id:
-                _cancel_quietly(runner, "the parent execution ended")
 
     # ---- internals -------------------------------------------------------------------
 
-    def _spawn(self, definition: WorkflowDefinition, state: ExecutionState) -> None:
+    def _spawn(
+        self, definition: WorkflowDefinition, state: ExecutionState, *, recovered: bool = True
+    ) -> None:
+        """Drive `state`; a `recovered` run (not new) first takes the commands stored for
+        it, so a cancel accepted before a stop is honoured before anything else runs."""
         state = _with_all_steps(state, definition)
         runner = ExecutionRunner(self, definition, state)
         self._runners[state.id] = runner
-        task = asyncio.create_task(self._drive(runner), name=f"execution:{state.id}")
+        task = asyncio.create_task(self._drive(runner, recovered), name=f"execution:{state.id}")
         self._tasks[state.id] = task
         # A done callback, not a `finally`: a task cancelled before it ever ran (stop()
         # right after a start) never executes its body, yet must be forgotten too.
@@ -404,20 +475,26 @@ class Engine:
             del self._tasks[execution_id]
         runner.finished.set()
 
-    async def _drive(self, runner: ExecutionRunner) -> None:
+    async def _drive(self, runner: ExecutionRunner, recovered: bool) -> None:
         execution_id = runner.state.id
         try:
+            if recovered:
+                await self._commands.apply({execution_id: runner})
             await runner.run()
         except (LeaseLost, ConcurrentModification) as exc:
             log.warning("stopped driving execution %s: %s", execution_id, exc)
         except StorageError as exc:
             # Driven again from its last committed event once the store answers (see
-            # `resume_stopped`), or by another process once its lease expires.
-            self._stopped_by_storage.add(execution_id)
+            # `_redrive`), or by another process once its lease expires.
+            self._stopped.add(execution_id)
+            self._redrive_soon()
             log.warning(
                 "stopped driving execution %s until the database answers: %s", execution_id, exc
             )
         except Exception:
+            # Driven again from its last commit at the next lease round, with the commands
+            # it had accepted (they are stored), rather than left running undriven.
+            self._stopped.add(execution_id)
             log.exception("runner of execution %s stopped unexpectedly", execution_id)
 
     async def _visible(self, execution_id: str, tenant: str | None) -> ExecutionState:
@@ -462,14 +539,9 @@ class Engine:
             parameters, context, workflow_id, parent.depth + 1
         )
         context.child_started(child.id)
-        try:
-            final = await (self._wait_until_ended(child.id) if adopted else self.wait_for(child.id))
-        except asyncio.CancelledError:
-            # The parent step was cancelled or timed out: its child must not run on alone.
-            runner = self._runners.get(child.id)
-            if runner is not None:
-                _cancel_quietly(runner, "the parent step was cancelled")
-            raise
+        # Cancelled here (the runner stopped, or the parent ends), the child runs on: the
+        # runner cancels children only for an ending it decided (see `cancel_children`).
+        final = await self._wait_until_ended(child.id)
         if final.status not in SUCCESSFUL:
             raise ActionError(
                 f"child execution {child.id} ended {final.status}",
@@ -494,18 +566,19 @@ class Engine:
         return max(children, key=lambda child: child.created_at, default=None)
 
     async def _wait_until_ended(self, execution_id: str) -> ExecutionState:
-        """Like `wait_for`, but an execution no runner here drives yet (a child taken over
-        after a restart may be claimed a moment later, or by another replica) is read
-        again until it ends."""
+        """The execution's committed state once it has ended. One no runner here drives
+        (taken over after a restart a moment later, or driven by another replica, or
+        stopped by a failed write until the next lease round) is read again until then."""
         delay = 0.05
-        while (runner := self._runners.get(execution_id)) is None:
+        while True:
+            runner = self._runners.get(execution_id)
+            if runner is not None:
+                await runner.finished.wait()
             state = await self.store.get_execution(execution_id)
             if state.status.is_terminal:
                 return state
             await asyncio.sleep(delay)
             delay = min(2 * delay, 1.0)
-        await runner.finished.wait()
-        return await self.store.get_execution(execution_id)
 
     async def _start_child(
         self, parameters: Mapping[str, Any], context: ActionContext, workflow_id: str, depth: int
@@ -517,7 +590,9 @@ class Engine:
                 workflow_id,
                 version=int(parameters.get("version") or 0),
                 inputs=inputs if isinstance(inputs, Mapping) else {"value": inputs},
-                idempotency_key=f"{context.execution_id}/{context.step_id}/{context.attempt}",
+                # One child per attempt and per handler: after a restart the same key
+                # finds the child again instead of starting a second one.
+                idempotency_key=_child_key(context),
                 parent=ParentLink(context.execution_id, context.step_id, depth),
             )
         except NotFound as exc:
@@ -527,10 +602,9 @@ class Engine:
         return child
 
 
-def _cancel_quietly(runner: ExecutionRunner, reason: str) -> None:
-    """Cancel unless the run is already ending some other way."""
-    with contextlib.suppress(IllegalTransition):
-        runner.request_cancel(reason)
+def _child_key(context: ActionContext) -> str:
+    run = context.handler or str(context.attempt)
+    return f"{context.execution_id}/{context.step_id}/{run}"
 
 
 def _with_all_steps(state: ExecutionState, definition: WorkflowDefinition) -> ExecutionState:

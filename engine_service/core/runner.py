@@ -9,8 +9,10 @@ sequences are gap-free and decisions always see the committed state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from engine_service.core.model import FailurePolicy, StepDefinition, WorkflowDef
 from engine_service.core.retry import backoff_delay
 from engine_service.core.state import (
     FAILED_STEP_STATUSES,
+    LOST_ATTEMPT_ERROR,
     EventKind,
     ExecutionEvent,
     ExecutionState,
@@ -48,6 +51,9 @@ ES = ExecutionStatus
 SS = StepStatus
 # The statuses a step can be started or settled from by `_start_ready_steps`.
 _OPEN_STATUSES = frozenset({SS.PENDING, SS.PAUSED})
+# The handlers that run after a step's attempts, as actions and child executions name them.
+FALLBACK = "fallback"
+COMPENSATION = "compensation"
 
 
 class ExecutionRunner:
@@ -63,8 +69,9 @@ class ExecutionRunner:
         self._open_steps = list(definition.steps)
         # Steps whose running attempt the previous engine lost: when that attempt started.
         self._lost_attempts: dict[str, datetime] = {}
-        # The child execution each step's current attempt started (the `workflow` action).
-        self._children: dict[str, str] = {}
+        # The child execution each step's current attempt or handler started (the
+        # `workflow` action), by (step id, handler; "" for an attempt).
+        self._children: dict[tuple[str, str], str] = {}
         self._wakeup = asyncio.Event()
         self._running_gate = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -79,6 +86,11 @@ class ExecutionRunner:
         self._epoch = engine.leases.epoch(state.id)
         if state.status is not ES.PAUSED:
             self._running_gate.set()
+        # A fatal failure already committed decides the ending from the first moment, so
+        # a command arriving before recovery has run is refused as it was before the stop.
+        for step in definition.steps:
+            if self._failed_for_good(step):
+                self._after_final_failure(step.id)
 
     @property
     def state(self) -> ExecutionState:
@@ -153,8 +165,13 @@ class ExecutionRunner:
     async def _run(self) -> None:
         if self._state.status is ES.PENDING:
             await self._commit_pipelined([self._events.execution_event(self._state, ES.RUNNING)])
-        await self._recover_steps()
         deadline = self._deadline()
+        if deadline is not None and deadline <= asyncio.get_running_loop().time():
+            # Timed out while no process drove it: nothing more may start.
+            await self._finish(ES.TIMED_OUT, Failure("WorkflowTimeout", "workflow timed out"))
+            return
+        if self._cancel_reason is None:  # a cancel taken before recovery ends the run at once
+            await self._recover_steps()
         while not self._state.status.is_terminal:
             if self._crash is not None:
                 raise self._crash
@@ -226,7 +243,7 @@ class ExecutionRunner:
             if isinstance(decision, RunStep):
                 # Once a step waits for inputs the run pauses: nothing new starts.
                 if not waiting and self._has_capacity():
-                    self._launch(step, decision)
+                    self._launch(step, self._drive_step(step, decision))
             elif decision.status is SS.PAUSED:
                 waiting.append((step, decision))
             else:
@@ -279,8 +296,9 @@ class ExecutionRunner:
 
     # ---- running a step --------------------------------------------------------------
 
-    def _launch(self, step: StepDefinition, run: RunStep) -> None:
-        task = asyncio.create_task(self._drive_step(step, run), name=f"step:{step.id}")
+    def _launch(self, step: StepDefinition, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` (the step's attempts, or its fallback) as the step's one task."""
+        task = asyncio.create_task(work, name=f"step:{step.id}")
         self._tasks[step.id] = task
         task.add_done_callback(functools.partial(self._step_task_done, step.id))
 
@@ -290,17 +308,22 @@ class ExecutionRunner:
             self._crash = task.exception()
         self._wake()
 
-    async def _drive_step(self, step: StepDefinition, run: RunStep) -> None:
+    async def _drive_step(self, step: StepDefinition, run: RunStep | None = None) -> None:
+        """The step's attempts until one completes or the budget is used up. `run` holds
+        parameters resolved when the step was decided; None resolves them at start."""
         current = self._state.steps[step.id]
         attempt = current.attempt
+        decided = _Decided(run, self._state.inputs)
         if current.status is SS.RETRYING:
             await self._sleep_until_retry(current)
         while True:
             attempt += 1
-            outcome = await self._attempt(step, run, attempt)
+            outcome = await self._attempt(step, decided, attempt)
             if outcome is None or outcome.status is SS.COMPLETED:
                 return
-            retry = outcome.retryable and attempt < step.retry.max_attempts
+            # Attempts the engine lost by stopping are not the step's: they use no budget.
+            counted = attempt - self._state.steps[step.id].lost_attempts
+            retry = outcome.retryable and counted < step.retry.max_attempts
             if not retry:
                 break
             delay = backoff_delay(step.retry, attempt, self._engine.rng)
@@ -309,7 +332,7 @@ class ExecutionRunner:
         await self._finish_attempts(step, attempt, outcome)
 
     async def _attempt(
-        self, step: StepDefinition, run: RunStep, attempt: int
+        self, step: StepDefinition, decided: _Decided, attempt: int
     ) -> AttemptOutcome | None:
         """Run one attempt once the run lets steps start; None if the run is ending.
 
@@ -318,16 +341,33 @@ class ExecutionRunner:
         while True:
             await self._running_gate.wait()
             await self._engine.leases.until_fresh(self._state.id)
-            async with self._engine.step_slots:
-                if await self._start_attempt(step, attempt):
-                    outcome = await self._invoke(
-                        step, step.action, run, attempt, step.output_schema
-                    )
+            async with self._slot(step.action):
+                run = await self._start_attempt(step, decided, attempt)
+                if run is not None:
+                    outcome = await self._run_attempt(step, run, attempt)
                     if outcome.status is SS.COMPLETED:
                         await self._commit_pipelined([self._finished_event(step, attempt, outcome)])
                     return outcome
             if self._stopping:
                 return None
+
+    async def _run_attempt(
+        self, step: StepDefinition, run: RunStep | SettleStep, attempt: int
+    ) -> AttemptOutcome:
+        if isinstance(run, SettleStep):  # the inputs changed since the step was decided
+            return AttemptOutcome(SS.FAILED, error=run.error or missing_input_failure(run))
+        outcome = await self._invoke(step, step.action, run, attempt, step.output_schema)
+        child = self._children.get((step.id, ""))
+        if outcome.status is SS.TIMED_OUT and child:
+            # A timed-out attempt's child must not run on beside the next attempt.
+            await self._engine.cancel_descendant(child, "the parent step timed out")
+        return outcome
+
+    def _slot(self, action: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        """An engine-wide step slot, unless the action only waits for the engine itself."""
+        if self._engine.actions.holds_slot(action):
+            return self._engine.step_slots
+        return contextlib.nullcontext()
 
     async def _commit_pipelined(self, events: Sequence[ExecutionEvent]) -> None:
         """Stage `events` without waiting for them to be durable, so what follows from
@@ -342,18 +382,25 @@ class ExecutionRunner:
         else:
             self._stage(events)
 
-    async def _start_attempt(self, step: StepDefinition, attempt: int) -> bool:
-        """Commit RUNNING if the run is RUNNING and not ending, atomically with the check."""
+    async def _start_attempt(
+        self, step: StepDefinition, decided: _Decided, attempt: int
+    ) -> RunStep | SettleStep | None:
+        """Commit RUNNING if the run is RUNNING and not ending, atomically with the check;
+        the parameters as the run's inputs are now (a resume may have changed them since
+        the step was decided), or None if the attempt may not start."""
         async with self._lock:
             if self._state.status is not ES.RUNNING or self._stopping:
-                return False
+                return None
             if not self._engine.leases.fresh(self._state.id):
-                return False  # the lease is about to expire: wait for a renewal
+                return None  # the lease is about to expire: wait for a renewal
+            run: RunStep | SettleStep | None = decided.run
+            if run is None or decided.inputs is not self._state.inputs:
+                run = self._decisions.resolve(self._state, step.parameters, step.input_schema)
             write = self._stage(
                 [self._events.step_event(self._state, step.id, SS.RUNNING, attempt=attempt)]
             )
         await _durable(write)  # the action starts only once RUNNING is durable
-        return True
+        return run
 
     async def _invoke(
         self,
@@ -362,12 +409,13 @@ class ExecutionRunner:
         run: RunStep,
         attempt: int,
         output_schema: Mapping[str, Any] | None,
+        handler: str = "",
     ) -> AttemptOutcome:
-        context = self._action_context(step, attempt)
+        context = self._action_context(step, attempt, handler)
         actions = self._engine.actions
         return await invoke_action(actions, action_name, step, run, context, output_schema)
 
-    def _action_context(self, step: StepDefinition, attempt: int) -> ActionContext:
+    def _action_context(self, step: StepDefinition, attempt: int, handler: str) -> ActionContext:
         return ActionContext(
             execution_id=self._state.id,
             step_id=step.id,
@@ -375,8 +423,9 @@ class ExecutionRunner:
             tenant=self._state.tenant,
             workflow_id=self._state.workflow_id,
             activation=self._decisions.lazy_activation(self._state),
-            lost_attempt_started=self._lost_attempts.pop(step.id, None),
-            child_started=functools.partial(self._children.__setitem__, step.id),
+            lost_attempt_started=None if handler else self._lost_attempts.pop(step.id, None),
+            child_started=functools.partial(self._children.__setitem__, (step.id, handler)),
+            handler=handler,
         )
 
     async def _sleep_until_retry(self, step: StepState) -> None:
@@ -400,11 +449,14 @@ class ExecutionRunner:
     async def _finish_attempts(
         self, step: StepDefinition, attempt: int, outcome: AttemptOutcome
     ) -> None:
-        await self._commit([self._finished_event(step, attempt, outcome)])
-        if step.fallback is None:
-            self._after_final_failure(step.id)
-            return
-        await self._run_fallback(step)
+        async with self._lock:
+            write = self._stage([self._finished_event(step, attempt, outcome)])
+            if step.fallback is None:
+                # In the same lock hold as the FAILED: no attempt starts after it.
+                self._after_final_failure(step.id)
+        await _durable(write)
+        if step.fallback is not None:
+            await self._run_fallback(step)
 
     async def _run_fallback(self, step: StepDefinition) -> None:
         assert step.fallback is not None
@@ -415,9 +467,9 @@ class ExecutionRunner:
                 SS.FAILED, error=decision.error or missing_input_failure(decision)
             )
         else:
-            async with self._engine.step_slots:
+            async with self._slot(step.fallback.action):
                 outcome = await self._invoke(
-                    step, step.fallback.action, decision, attempt, step.output_schema
+                    step, step.fallback.action, decision, attempt, step.output_schema, FALLBACK
                 )
         status = SS.COMPLETED if outcome.status is SS.COMPLETED else SS.FAILED
         event = self._events.step_event(
@@ -429,63 +481,67 @@ class ExecutionRunner:
             output=outcome.output,
             error=outcome.error,
             duration=outcome.duration,
-            child_execution_id=self._children.pop(step.id, ""),
+            child_execution_id=self._children.pop((step.id, FALLBACK), ""),
         )
-        await self._commit([event])
-        if status is SS.FAILED:
-            self._after_final_failure(step.id)
+        async with self._lock:
+            write = self._stage([event])
+            if status is SS.FAILED:
+                self._after_final_failure(step.id)
+        await _durable(write)
 
     def _after_final_failure(self, step_id: str) -> None:
+        """A step failed for good; a fatal failure decides the run's ending (FAILED, unless
+        a cancel was accepted first). Called in the lock hold that stages the failure."""
         if not self._decisions.continues(step_id) and self._failure is None:
             step = self._state.steps[step_id]
             error = step.error or Failure("StepFailed", "step failed")
             self._failure = (step_id, error)
+            if self._ending is None and self._cancel_reason is None:
+                self._ending = ES.FAILED
         self._wake()
+
+    def _failed_for_good(self, step: StepDefinition) -> bool:
+        """The step failed and nothing more runs for it: no fallback is left to try (one
+        runs only after attempts, so a step failed before running gets none)."""
+        current = self._state.steps[step.id]
+        if current.status not in FAILED_STEP_STATUSES:
+            return False
+        return step.fallback is None or current.fallback_used or current.attempt == 0
 
     # ---- recovery after a restart ------------------------------------------------
 
     async def _recover_steps(self) -> None:
-        """Continue steps that were in flight when the previous engine stopped."""
+        """Continue steps that were in flight when the previous engine stopped. Their work
+        runs as step tasks, as in a run that never stopped: nothing here waits for an
+        action, so dispatch, commands and the workflow timeout go on meanwhile."""
         for step in self._definition.steps:
             current = self._state.steps[step.id]
             if current.status is SS.RUNNING:
-                lost = AttemptOutcome(
-                    SS.FAILED, error=Failure("EngineRestarted", "the engine stopped mid-attempt")
-                )
-                await self._recover_lost_attempt(step, current, lost)
+                await self._recover_lost_attempt(step, current)
             elif current.status is SS.RETRYING:
-                self._launch_recovered(step)
-            elif current.status in FAILED_STEP_STATUSES and not current.fallback_used:
-                if step.fallback is not None:
-                    await self._run_fallback(step)
-                else:
-                    self._after_final_failure(step.id)
+                self._launch(step, self._drive_step(step))
+            elif current.status in FAILED_STEP_STATUSES and not self._failed_for_good(step):
+                self._launch(step, self._run_fallback(step))
 
-    async def _recover_lost_attempt(
-        self, step: StepDefinition, current: StepState, lost: AttemptOutcome
-    ) -> None:
+    async def _recover_lost_attempt(self, step: StepDefinition, current: StepState) -> None:
         """The attempt that was running when the engine died runs again, at once.
 
         It counts as an attempt (the lost one stays FAILED in the history), but the
         engine's death is not the step's failure, so it never uses up the retry budget:
-        the re-attempt runs even when `max_attempts` was reached.
+        the re-attempt runs even when `max_attempts` was reached. A step that keeps
+        taking the engine down must not loop for ever: past `max_lost_attempts` lost
+        attempts it fails for good with the lost attempt's error.
         """
+        lost = AttemptOutcome(
+            SS.FAILED, error=Failure(LOST_ATTEMPT_ERROR, "the engine stopped mid-attempt")
+        )
+        if current.lost_attempts >= self._engine.config.max_lost_attempts:
+            self._launch(step, self._finish_attempts(step, current.attempt, lost))
+            return
         if current.started_at is not None:
             self._lost_attempts[step.id] = current.started_at
         await self._commit_retrying(step, current.attempt, lost, 0.0)
-        self._launch_recovered(step)
-
-    def _launch_recovered(self, step: StepDefinition) -> None:
-        decision = self._decisions.resolve(self._state, step.parameters, step.input_schema)
-        if isinstance(decision, RunStep):
-            self._launch(step, decision)
-        else:
-            self._after_failed_recovery(step, decision)
-
-    def _after_failed_recovery(self, step: StepDefinition, decision: SettleStep) -> None:
-        error = decision.error or missing_input_failure(decision)
-        self._failure = self._failure or (step.id, error)
-        self._wake()
+        self._launch(step, self._drive_step(step))
 
     # ---- ending the execution --------------------------------------------------------
 
@@ -503,29 +559,42 @@ class ExecutionRunner:
 
     async def _finish_failed(self, step_id: str, error: Failure) -> None:
         self._ending = ES.FAILED
-        await self._stop_unsettled_steps()
         if self._definition.on_failure is FailurePolicy.COMPENSATE:
+            # Compensation commits as it goes; a stop meanwhile is harmless, because the
+            # committed fatal failure decides FAILED again on recovery (see `__init__`).
+            await self._stop_steps_and_children("the parent execution failed")
+            if cancelled := self._unsettled_cancelled():
+                await self._commit(cancelled)
             await self._compensate()
         await self._finish(ES.FAILED, Failure(error.type, f"step {step_id}: {error.message}"))
 
     async def _finish(self, status: ExecutionStatus, error: Failure | None) -> None:
-        """End the run FAILED, TIMED_OUT or CANCELLED; a cancel accepted before wins."""
+        """End the run FAILED, TIMED_OUT or CANCELLED; a cancel accepted before wins.
+
+        The unsettled steps' CANCELLED and the run's ending are one commit, so a stop in
+        between cannot leave settled steps that a restart would complete. Children are
+        told first, durably: a stop before the commit decides the same ending again."""
         if self._cancel_reason is not None and self._ending is None:
             status, error = ES.CANCELLED, Failure("Cancelled", self._cancel_reason)
         self._ending = status
-        await self._stop_unsettled_steps()
-        await self._commit([self._events.execution_event(self._state, status, error=error)])
+        reason = "the parent execution was cancelled"
+        if status is not ES.CANCELLED:
+            reason = f"the parent execution ended {status.value}"
+        await self._stop_steps_and_children(reason)
+        ending = self._events.execution_event(self._state, status, error=error)
+        await self._commit([*self._unsettled_cancelled(), ending])
         self._running_gate.set()
 
-    async def _stop_unsettled_steps(self) -> None:
+    async def _stop_steps_and_children(self, reason: str) -> None:
         await self._cancel_tasks()
-        events = [
+        await self._engine.cancel_children(self._state.id, reason)
+
+    def _unsettled_cancelled(self) -> list[ExecutionEvent]:
+        return [
             self._events.step_event(self._state, step_id, SS.CANCELLED, attempt=step.attempt)
             for step_id, step in self._state.steps.items()
             if not step.is_settled
         ]
-        if events:
-            await self._commit(events)
 
     async def _cancel_tasks(self) -> None:
         tasks = list(self._tasks.values())
@@ -547,7 +616,11 @@ class ExecutionRunner:
                 )
             else:
                 attempt = self._state.steps[step_id].attempt
-                outcome = await self._invoke(step, step.compensate.action, decision, attempt, None)
+                action = step.compensate.action
+                async with self._slot(action):
+                    outcome = await self._invoke(
+                        step, action, decision, attempt, None, COMPENSATION
+                    )
             await self._commit(
                 [
                     self._events.step_event(
@@ -558,7 +631,7 @@ class ExecutionRunner:
                         output=outcome.output,
                         error=outcome.error,
                         duration=outcome.duration,
-                        child_execution_id=self._children.pop(step_id, ""),
+                        child_execution_id=self._children.pop((step_id, COMPENSATION), ""),
                     )
                 ]
             )
@@ -589,7 +662,13 @@ class ExecutionRunner:
             state = apply(state, event)
             numbered.append(event)
         self._state = state
-        write = asyncio.ensure_future(self._engine.store.append(state, numbered, epoch=self._epoch))
+        append = self._engine.store.append
+        # A run never leased (no lease keeper: tests, tools) writes as before, so a store
+        # wrapped to inject faults keeps the two-argument `append` of the port.
+        written = (
+            append(state, numbered, epoch=self._epoch) if self._epoch else append(state, numbered)
+        )
+        write = asyncio.ensure_future(written)
         write.add_done_callback(functools.partial(self._written, state, numbered))
         return write
 
@@ -620,8 +699,17 @@ class ExecutionRunner:
             error=outcome.error,
             output=outcome.output,
             duration=outcome.duration,
-            child_execution_id=self._children.pop(step.id, ""),
+            child_execution_id=self._children.pop((step.id, ""), ""),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """What a step was decided with: parameters resolved from these inputs (None: none
+    resolved yet). An attempt re-resolves when the run's inputs changed since."""
+
+    run: RunStep | None
+    inputs: Mapping[str, Any]
 
 
 async def _durable(write: asyncio.Future[None]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -107,8 +107,15 @@ async def test_a_command_for_an_ended_run_is_refused_at_once() -> None:
         assert await replicas.store.pending_commands() == []
 
 
+class StoreThatTellsNoOne(InMemoryStore):
+    """Like a store whose processes cannot be told of commands (no LISTEN/NOTIFY)."""
+
+    def on_command(self, callback: Callable[[str], None]) -> None:
+        pass
+
+
 async def test_a_command_no_engine_takes_times_out_and_stays_pending() -> None:
-    store = InMemoryStore()
+    store = StoreThatTellsNoOne()
     driver = new_engine(store, config=SHARED)
     other = new_engine(
         store, config=EngineConfig(commands_across_processes=True, command_timeout=3)

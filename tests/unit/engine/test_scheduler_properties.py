@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import looptime
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine_service.core.actions import ActionContext, ActionError
@@ -291,8 +291,35 @@ def check_outcome(plan: Plan, final: ExecutionState) -> None:
         assert {s: final.steps[s].status for s in outcome} == outcome
 
 
+def _one_fatal_among_noops(steps: int) -> Plan:
+    """Found on a clean Hypothesis database: with two slots, the step after the fatal
+    one started because the fatal flag was set only once the FAILED was durable."""
+
+    def step(i: int) -> StepPlan:
+        return StepPlan(
+            id=f"s{i}",
+            depends_on=(),
+            kind="fail" if i == 1 else "noop",
+            seconds=1,
+            fail_times=1,
+            max_attempts=1,
+            initial=1,
+            coefficient=1,
+            maximum=None,
+            jitter=False,
+            continue_on_error=False,
+            condition="",
+        )
+
+    return Plan(
+        steps=tuple(step(i) for i in range(steps)), limit=2, continue_policy=False, flag=False
+    )
+
+
 @PROPERTY_SETTINGS
 @given(plan=plans(), seed=st.integers(0, 2**16))
+@example(plan=_one_fatal_among_noops(3), seed=0)
+@example(plan=_one_fatal_among_noops(8), seed=0)
 def test_every_generated_workflow_keeps_the_scheduling_invariants(plan: Plan, seed: int) -> None:
     work = Work()
     final, events = on_virtual_time(lambda: run_plan(plan, work, seed))

@@ -245,7 +245,7 @@ async def test_a_timed_out_workflow_step_cancels_its_child(engine: Engine) -> No
     child = await engine.wait_for(child_id)
     assert child.status is ES.CANCELLED
     assert child.error is not None
-    assert child.error.message == "the parent step was cancelled"
+    assert child.error.message == "the parent step timed out"
 
 
 DELAYED_CHILD = {
