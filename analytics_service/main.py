@@ -171,12 +171,13 @@ async def start(
     # replica's included (`storage.alert_notices`); SQLite has one process.
     on_postgres = engine.dialect.name == "postgresql"
     listener = AlertListener(url, broadcaster.deliver) if on_postgres else None
-    sinks: list[AlertSink] = [MetricsAlertSink(metrics), webhooks]
+    counted = MetricsAlertSink(metrics)
+    sinks: list[AlertSink] = [counted, webhooks]
     if listener is None:
         sinks.append(broadcaster)
     else:
         await listener.start()
-    evaluator = AlertEvaluator(database, clock, sinks)
+    evaluator = AlertEvaluator(database, clock, sinks, on_rule_failed=counted.rule_failed)
     ingestor = Ingestor(database, clock, settings.fact_retention)
     use_cases = AnalyticsUseCases(
         ingestor=ingestor,

@@ -53,6 +53,12 @@ class AnalyticsMetrics:
             ["state"],
             registry=registry,
         )
+        self.alert_rule_failures = Counter(
+            "stepstream_analytics_alert_rule_failures",
+            "Evaluations of one alert rule that failed (logged with the rule's id); the "
+            "other rules are evaluated all the same.",
+            registry=registry,
+        )
         self.webhook_deliveries = Counter(
             "stepstream_analytics_webhook_deliveries",
             "Alert webhook deliveries, by outcome (delivered, rejected, failed).",
@@ -67,10 +73,13 @@ class AnalyticsMetrics:
 
 
 class MetricsAlertSink:
-    """Counts each alert transition."""
+    """Counts each alert transition, and each rule evaluation that failed."""
 
     def __init__(self, metrics: AnalyticsMetrics) -> None:
         self._metrics = metrics
+
+    def rule_failed(self, rule: AlertRule) -> None:
+        self._metrics.alert_rule_failures.inc()
 
     async def publish(self, event: AlertEvent, rule: AlertRule) -> None:
         self._metrics.alert_transitions.labels(state=event.state.value).inc()

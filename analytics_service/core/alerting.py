@@ -7,9 +7,9 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from analytics_service.core.alerts import (
@@ -23,7 +23,12 @@ from analytics_service.core.alerts import (
     next_state,
 )
 from analytics_service.core.auth import TenantScope
-from analytics_service.core.errors import FieldViolation, InvalidArgumentError, NotFoundError
+from analytics_service.core.errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    StorageError,
+)
 from analytics_service.core.histogram import Histogram
 from analytics_service.core.ports import (
     Clock,
@@ -35,7 +40,7 @@ from analytics_service.core.ports import (
     UnitOfWork,
 )
 from analytics_service.core.reports import duration_stats
-from analytics_service.core.rollups import RollupCounts, minute_of
+from analytics_service.core.rollups import SECONDS_PER_MINUTE, RollupCounts, minute_of
 
 logger = logging.getLogger(__name__)
 
@@ -153,12 +158,19 @@ def _check_changes(current: AlertRule, changes: AlertRuleChanges) -> None:
         raise InvalidArgumentError(violations=tuple(violations))
 
 
+def window_start_minute(now: datetime, window_seconds: float) -> int:
+    """The first rollup minute of a window ending now: the first that starts at or after
+    `now - window`. Rollups have minute resolution, so a window covers at least its length
+    less a minute, and never data older than its length (README "Alert rules")."""
+    start = now - timedelta(seconds=window_seconds)
+    floor = minute_of(start)
+    return floor if floor * SECONDS_PER_MINUTE == start.timestamp() else floor + 1
+
+
 async def measure(uow: UnitOfWork, rule: AlertRule, clock: Clock) -> float | None:
     """The rule's metric over its window ending now; None when there is nothing to measure."""
     now = clock()
-    minutes = MinuteRange(
-        minute_of(now - timedelta(seconds=rule.window_seconds)), minute_of(now) + 1
-    )
+    minutes = MinuteRange(window_start_minute(now, rule.window_seconds), minute_of(now) + 1)
     if rule.metric is AlertMetric.INGEST_LAG_SECONDS:
         return await uow.rollups.max_ingest_lag(rule.tenant, rule.workflow_id, minutes)
     query = RollupQuery(
@@ -182,10 +194,18 @@ async def measure(uow: UnitOfWork, rule: AlertRule, clock: Clock) -> float | Non
 class AlertEvaluator:
     """Applies each enabled rule's condition and records the transitions it causes."""
 
-    def __init__(self, database: Database, clock: Clock, sinks: Sequence[AlertSink]) -> None:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        sinks: Sequence[AlertSink],
+        *,
+        on_rule_failed: Callable[[AlertRule], None] = lambda _rule: None,
+    ) -> None:
         self._database = database
         self._clock = clock
         self._sinks = sinks
+        self._on_rule_failed = on_rule_failed
         self._lock = asyncio.Lock()
 
     async def evaluate(self, scopes: Collection[tuple[str, str]] | None = None) -> list[AlertEvent]:
@@ -195,11 +215,25 @@ class AlertEvaluator:
                 rules = await uow.alerts.enabled_rules(None if scopes is None else list(scopes))
             events = []
             for rule in rules:
-                event = await self._evaluate(rule)
+                event = await self._evaluate_alone(rule)
                 if event is not None:
                     events.append(event)
                     await self._publish(event, rule)
         return events
+
+    async def _evaluate_alone(self, rule: AlertRule) -> AlertEvent | None:
+        """One rule's evaluation, whose failure is that rule's alone: the rules after it
+        are still evaluated, this round and every later one."""
+        try:
+            return await self._evaluate(rule)
+        except StorageError:
+            raise  # the database is down: no rule can be evaluated, the round ends
+        except Exception:
+            logger.exception(
+                "alert rule %s (%s) could not be evaluated; skipped this round", rule.id, rule.name
+            )
+            self._on_rule_failed(rule)
+            return None
 
     async def _evaluate(self, rule: AlertRule) -> AlertEvent | None:
         async with self._database.transaction() as uow:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import pytest
@@ -34,6 +34,7 @@ class RecordingSink:
 
 @dataclass
 class Harness:
+    database: SqlDatabase
     clock: ManualClock
     ingestor: Ingestor
     rules: AlertRules
@@ -66,6 +67,7 @@ async def harness(database_url: str, clock: ManualClock) -> AsyncIterator[Harnes
     database = SqlDatabase(engine)
     sink = RecordingSink()
     yield Harness(
+        database=database,
         clock=clock,
         ingestor=Ingestor(database, clock, None),
         rules=AlertRules(database, clock),
@@ -151,3 +153,66 @@ async def test_p95_execution_count_and_ingest_lag_metrics(harness: Harness) -> N
     assert events[p95.id].value == pytest.approx(190.5, rel=0.01)
     assert events[count.id].value == 20
     assert events[lag.id].value == pytest.approx(180.0)
+
+
+async def test_a_rule_that_cannot_be_evaluated_does_not_stop_the_others(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    await harness.ingestor.ingest(charge_attempts(harness, failures=1, successes=1, prefix="a"))
+    good = await harness.add_rule(
+        AlertMetric.FAILURE_RATE, Comparator.GREATER_THAN, 0.2, step_id="charge"
+    )
+    # A 10,000-year window, as stored before the boundary refused one; its id sorts first,
+    # so it is evaluated before the good rule. Its start is out of datetime's range.
+    broken = replace(good, id="0-broken", name="broken", window_seconds=315576000000.0)
+    async with harness.database.transaction() as uow:
+        await uow.alerts.add_rule(broken)
+    failed: list[str] = []
+    evaluator = AlertEvaluator(
+        harness.database,
+        harness.clock,
+        [harness.sink],
+        on_rule_failed=lambda rule: failed.append(rule.id),
+    )
+    first_round = await evaluator.evaluate()
+    harness.clock.advance(minutes=1)
+    second_round = await evaluator.evaluate()
+    assert [(e.rule_id, e.state) for e in first_round] == [(good.id, AlertState.FIRING)]
+    assert second_round == []
+    assert failed == ["0-broken", "0-broken"]
+    assert "alert rule 0-broken (broken) could not be evaluated" in caplog.text
+
+
+async def test_a_window_never_reaches_data_older_than_its_length(harness: Harness) -> None:
+    # ../shared/repros/analytics/alert_window.py: the start was floored to the minute, so a
+    # 60 s window at 12:00:59 read data from 11:59:00.5, 118.5 s old.
+    now = harness.clock.now + timedelta(seconds=59)
+    harness.clock.now = now
+    old = now - timedelta(seconds=118.5)
+    recent = now - timedelta(seconds=30)
+    await harness.ingestor.ingest(
+        [
+            execution_event(f"old{i}", status=ExecutionStatus.FAILED, finished_at=old)
+            for i in range(3)
+        ]
+    )
+    rule = await harness.rules.create(
+        NewAlertRule(
+            tenant="default",
+            name="any failure",
+            workflow_id="orders",
+            step_id="",
+            metric=AlertMetric.FAILURE_RATE,
+            comparator=Comparator.GREATER_THAN,
+            threshold=0.5,
+            window_seconds=60,
+            webhook_url="",
+            enabled=True,
+        )
+    )
+    assert await harness.evaluator.evaluate() == []
+    await harness.ingestor.ingest(
+        [execution_event("recent", status=ExecutionStatus.FAILED, finished_at=recent)]
+    )
+    [firing] = await harness.evaluator.evaluate()
+    assert (firing.rule_id, firing.value) == (rule.id, 1.0)

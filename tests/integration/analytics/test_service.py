@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from stepstream.v1 import analytics_pb2, analytics_pb2_grpc
 
+from analytics_service.core.events import ExecutionStatus
 from analytics_service.main import SERVICE_NAME
 from tests.integration.analytics.conftest import (
     ManualClock,
@@ -181,3 +184,42 @@ async def test_stopping_reports_not_serving_then_ends_streams(
         # The alert stream ends cleanly rather than being cut off at the end of the grace.
         assert await asyncio.wait_for(alerts.read(), timeout=5) is grpc.aio.EOF  # type: ignore[attr-defined]
         await asyncio.wait_for(stopping, timeout=10)
+
+
+async def test_the_alert_loop_goes_on_past_a_rule_that_cannot_be_evaluated(
+    database_url: str, clock: ManualClock
+) -> None:
+    # Issue 11: a 10,000-year window stopped every evaluation round, and the rules sorting
+    # after it never fired again. Stored directly, as it was before the boundary refused it.
+    async with running_service(database_url, clock) as service, connected(service) as stub:
+        good = await stub.CreateAlertRule(
+            analytics_pb2.CreateAlertRuleRequest(
+                rule=analytics_pb2.AlertRule(
+                    name="failing",
+                    workflow_id="orders",
+                    metric=analytics_pb2.ALERT_METRIC_FAILURE_RATE,
+                    comparator=analytics_pb2.COMPARATOR_GREATER_THAN,
+                    threshold=0.5,
+                    window=duration_pb2.Duration(seconds=3600),
+                    enabled=True,
+                )
+            )
+        )
+        async with service.database.transaction() as uow:
+            rule = await uow.alerts.get_rule(good.rule.id)
+            assert rule is not None
+            await uow.alerts.add_rule(replace(rule, id="0-broken", window_seconds=315576000000.0))
+        failed = [execution_event(f"e{i}", status=ExecutionStatus.FAILED) for i in range(3)]
+        await ingest(stub, [failed])  # wakes the alert loop for ("default", "orders")
+        registry = service.use_cases.metrics.registry
+        for _ in range(500):
+            listed = await stub.ListAlertRules(analytics_pb2.ListAlertRulesRequest())
+            states = {r.id: r.state for r in listed.rules}
+            if states[good.rule.id] == analytics_pb2.ALERT_STATE_FIRING:
+                break
+            await asyncio.sleep(0.01)
+        assert states == {
+            "0-broken": analytics_pb2.ALERT_STATE_OK,
+            good.rule.id: analytics_pb2.ALERT_STATE_FIRING,
+        }
+        assert registry.get_sample_value("stepstream_analytics_alert_rule_failures_total") == 1
