@@ -68,7 +68,9 @@ class ExecutionEvents:
             event = evolve(
                 event,
                 started_at=started,
-                duration=(event.timestamp - started).total_seconds(),
+                # Wall-clock times (the start may even be another replica's): a clock
+                # stepped back must not make a negative duration, which analytics refuses.
+                duration=max((event.timestamp - started).total_seconds(), 0.0),
                 output=state.outputs or None,
                 estimated_time_saved=self._definition.estimated_time_saved,
                 business_value=self._definition.business_value,
