@@ -152,7 +152,6 @@ class Engine:
                 state.tenant, state.workflow_id, state.workflow_version
             )
             self._spawn(definition, state)
-        await self.apply_commands()  # accepted before the stop: honoured before all else
         return len(unfinished)
 
     async def stop(self) -> None:

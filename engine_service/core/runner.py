@@ -170,7 +170,7 @@ class ExecutionRunner:
             # Timed out while no process drove it: nothing more may start.
             await self._finish(ES.TIMED_OUT, Failure("WorkflowTimeout", "workflow timed out"))
             return
-        if self._cancel_reason is None:  # a cancel taken before recovery ends the run at once
+        if not self._stopping:  # a cancel or a fatal failure already decided the ending
             await self._recover_steps()
         while not self._state.status.is_terminal:
             if self._crash is not None:
@@ -243,7 +243,8 @@ class ExecutionRunner:
             if isinstance(decision, RunStep):
                 # Once a step waits for inputs the run pauses: nothing new starts.
                 if not waiting and self._has_capacity():
-                    self._launch(step, self._drive_step(step, decision))
+                    decided = _Decided(decision, self._state.inputs)
+                    self._launch(step, self._drive_step(step, decided))
             elif decision.status is SS.PAUSED:
                 waiting.append((step, decision))
             else:
@@ -308,12 +309,12 @@ class ExecutionRunner:
             self._crash = task.exception()
         self._wake()
 
-    async def _drive_step(self, step: StepDefinition, run: RunStep | None = None) -> None:
-        """The step's attempts until one completes or the budget is used up. `run` holds
-        parameters resolved when the step was decided; None resolves them at start."""
+    async def _drive_step(self, step: StepDefinition, decided: _Decided | None = None) -> None:
+        """The step's attempts until one completes or the budget is used up. `decided`
+        holds parameters resolved when the step was decided; None resolves them at start."""
         current = self._state.steps[step.id]
         attempt = current.attempt
-        decided = _Decided(run, self._state.inputs)
+        decided = decided or _Decided(None, self._state.inputs)
         if current.status is SS.RETRYING:
             await self._sleep_until_retry(current)
         while True:
