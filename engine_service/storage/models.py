@@ -87,11 +87,17 @@ class IdempotencyKeyRow(Base):
 
 
 class StepAttemptRow(Base):
+    """One attempt of a step, or the fallback or compensation (`kind`) that followed
+    attempt `attempt`; see `storage.attempts`."""
+
     __tablename__ = "step_attempts"
 
     execution_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     step_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(
+        String(16), primary_key=True, server_default=text("'ATTEMPT'")
+    )
     action: Mapped[str] = mapped_column(String(ID_LENGTH))
     status: Mapped[str] = mapped_column(String(32))
     started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)

@@ -74,19 +74,21 @@ WITH v AS (
     WHERE ok.all_matched
 ), attempts AS (
     INSERT INTO step_attempts AS a
-        (execution_id, step_id, attempt, action, status, started_at, finished_at,
+        (execution_id, step_id, attempt, kind, action, status, started_at, finished_at,
          duration_seconds, error_type)
     SELECT r.* FROM unnest(
         CAST(:attempt_executions AS text[]), CAST(:attempt_steps AS text[]),
-        CAST(:attempt_numbers AS integer[]), CAST(:attempt_actions AS text[]),
+        CAST(:attempt_numbers AS integer[]), CAST(:attempt_kinds AS text[]),
+        CAST(:attempt_actions AS text[]),
         CAST(:attempt_statuses AS text[]), CAST(:attempt_started AS timestamptz[]),
         CAST(:attempt_finished AS timestamptz[]), CAST(:attempt_durations AS float8[]),
         CAST(:attempt_errors AS text[])
     ) AS r, ok
     WHERE ok.all_matched
-    ON CONFLICT (execution_id, step_id, attempt) DO UPDATE SET
+    ON CONFLICT (execution_id, step_id, attempt, kind) DO UPDATE SET
         status = EXCLUDED.status, finished_at = EXCLUDED.finished_at,
         duration_seconds = EXCLUDED.duration_seconds, error_type = EXCLUDED.error_type
+    WHERE a.status = 'RUNNING'  -- a finished row stays as it ended
 ), released AS (
     DELETE FROM leases
     WHERE execution_id = ANY(CAST(:finished_ids AS text[])) AND (SELECT all_matched FROM ok)
@@ -200,6 +202,7 @@ def _attempt_columns(events: Sequence[ExecutionEvent]) -> dict[str, list[Any]]:
             ("executions", "execution_id"),
             ("steps", "step_id"),
             ("numbers", "attempt"),
+            ("kinds", "kind"),
             ("actions", "action"),
             ("statuses", "status"),
             ("started", "started_at"),

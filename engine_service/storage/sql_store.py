@@ -33,7 +33,7 @@ from engine_service.core.store import (
     encode_page_token,
     page_bounds,
 )
-from engine_service.storage.attempts import attempt_rows
+from engine_service.storage.attempts import KEY, UNFINISHED, attempt_rows
 from engine_service.storage.codec import (
     event_from_json,
     event_to_json,
@@ -510,18 +510,19 @@ async def _insert_events(connection: AsyncConnection, events: Sequence[Execution
 async def _record_attempts(
     connection: AsyncConnection, dialect: str, events: Sequence[ExecutionEvent]
 ) -> None:
-    """Keep `step_attempts` in step with the step events: one row per attempt."""
+    """Keep `step_attempts` in step with the step events (see `storage.attempts`)."""
     rows = attempt_rows(events)
     if rows:
         statement = _upsert(dialect)(step_attempts)
         statement = statement.on_conflict_do_update(
-            index_elements=["execution_id", "step_id", "attempt"],
+            index_elements=list(KEY),
             set_={
                 "status": statement.excluded.status,
                 "finished_at": statement.excluded.finished_at,
                 "duration_seconds": statement.excluded.duration_seconds,
                 "error_type": statement.excluded.error_type,
             },
+            where=step_attempts.c.status == UNFINISHED,  # a finished row stays as it ended
         )
         await connection.execute(statement, rows)
 

@@ -87,3 +87,24 @@ async def test_migrating_twice_is_a_no_op(database_url: str, runs: int) -> None:
         assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
     finally:
         await engine.dispose()
+
+
+def _keys(connection: Connection) -> dict[str, list[str]]:
+    found = inspect(connection)
+    return {t: found.get_pk_constraint(t)["constrained_columns"] for t in _tables(connection)}
+
+
+async def test_migrated_primary_keys_equal_the_models(database_url: str) -> None:
+    """Autogenerate does not compare primary keys: this does."""
+    engine = create_database_engine(database_url)
+    try:
+        await migrate(engine)
+        async with engine.connect() as connection:
+            keys = await connection.run_sync(_keys)
+    finally:
+        await engine.dispose()
+    declared = {
+        name: [c.name for c in table.primary_key.columns]
+        for name, table in Base.metadata.tables.items()
+    }
+    assert keys == declared
