@@ -1,8 +1,9 @@
 """CEL for `when` conditions, connection conditions and the `transform` action.
 
 Expressions see `inputs` (the execution inputs) and `steps` (`{id: {"output": ...,
-"status": "COMPLETED"}}` for settled upstream steps). CEL is compiled by a Rust library and
-never evaluated as Python, so a definition cannot run code on the engine.
+"status": "COMPLETED"}}` for the step's upstream steps, all settled by then, and for no
+other step, so what an expression sees never depends on timing). CEL is compiled by a Rust
+library and never evaluated as Python, so a definition cannot run code on the engine.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from engine_service.core.model import JsonValue
 
 # A string literal (skipped, so text inside quotes never counts) or a `steps.<id>` /
 # `steps["<id>"]` selection. Not preceded by `.` or a name character: `inputs.steps.x`
-# is a field of inputs, not a step.
+# is a field of inputs, not a step. Not followed by `(`: `steps.exists(k, ...)` is a
+# macro over the steps, not a step named `exists`.
 _STEP_SELECTION: Final = re.compile(
     r"""(?P<literal>[rR]?(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'))"""
-    r"""|(?<![\w.])steps\s*(?:\.\s*(?P<dot>[A-Za-z_][A-Za-z0-9_]*)"""
+    r"""|(?<![\w.])steps\s*(?:\.\s*(?P<dot>[A-Za-z_][A-Za-z0-9_]*)(?![A-Za-z0-9_]|\s*\()"""
     r"""|\[\s*(?:"(?P<dq>[^"\\]*)"|'(?P<sq>[^'\\]*)')\s*\])"""
 )
 _ERRORS: Final = (KeyError, IndexError, TypeError, ValueError, RuntimeError, ArithmeticError)

@@ -423,7 +423,9 @@ class ExecutionRunner:
             attempt=attempt,
             tenant=self._state.tenant,
             workflow_id=self._state.workflow_id,
-            activation=self._decisions.lazy_activation(self._state),
+            activation=self._decisions.lazy_activation(
+                self._state, step.id, with_self=handler == COMPENSATION
+            ),
             lost_attempt_started=None if handler else self._lost_attempts.pop(step.id, None),
             child_started=functools.partial(self._children.__setitem__, (step.id, handler)),
             handler=handler,

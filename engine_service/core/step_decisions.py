@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema
 
-from engine_service.core import references
+from engine_service.core import graph, references
 from engine_service.core.conditions import evaluate_condition
 from engine_service.core.errors import ConditionError
 from engine_service.core.model import FailurePolicy, StepDefinition, WorkflowDefinition
@@ -100,11 +100,11 @@ class StepDecisions:
     def __init__(self, definition: WorkflowDefinition, secrets: Mapping[str, str]) -> None:
         self._definition = definition
         self._secrets = secrets
-        self._view: dict[str, Any] = {}
-        self._view_of: ExecutionState | None = None
+        self._deps = {step.id: step.depends_on for step in definition.steps}
+        self._upstream: dict[str, frozenset[str]] = {}
 
     def decide(self, state: ExecutionState, step: StepDefinition) -> RunStep | SettleStep:
-        activation = self.lazy_activation(state)
+        activation = self.lazy_activation(state, step.id)
         try:
             if not self._any_upstream_taken(state, step, activation):
                 return SettleStep(SS.SKIPPED)
@@ -160,16 +160,32 @@ class StepDecisions:
             return SettleStep(SS.FAILED, Failure("InputValidationError", message))
         return RunStep(resolution.value, resolution.secret_values)
 
-    def lazy_activation(self, state: ExecutionState) -> Mapping[str, Any]:
-        """`inputs` and `steps` of `state` as conditions see them, built on first read."""
-        return LazyActivation(lambda: self._activation(state))
+    def lazy_activation(
+        self, state: ExecutionState, step_id: str, *, with_self: bool = False
+    ) -> Mapping[str, Any]:
+        """`inputs` and `steps` as the expressions of `step_id` see them, built on first read.
 
-    def _activation(self, state: ExecutionState) -> dict[str, Any]:
-        if self._view_of is not state:
-            # Built once per committed state however many conditions read it.
-            self._view = {"inputs": dict(state.inputs), "steps": dict(StepView(state.steps))}
-            self._view_of = state
-        return self._view
+        `steps` holds the step's upstream steps only (its transitive dependencies, all
+        settled by the time anything of the step is evaluated), so what an expression sees
+        never depends on timing, however it names a step (`steps[inputs.which]`, a macro
+        over `steps`). `with_self` adds the step itself, for its compensation, which runs
+        after the step and may read its output.
+        """
+        return LazyActivation(lambda: self._activation(state, step_id, with_self))
+
+    def _activation(self, state: ExecutionState, step_id: str, with_self: bool) -> dict[str, Any]:
+        visible = self.upstream(step_id) | {step_id} if with_self else self.upstream(step_id)
+        view = StepView(state.steps)
+        # Declaration (topological) order, so iteration order is the same on every run.
+        steps = {sid: view[sid] for sid in self._deps if sid in visible}
+        return {"inputs": dict(state.inputs), "steps": steps}
+
+    def upstream(self, step_id: str) -> frozenset[str]:
+        """The steps `step_id` transitively depends on; computed once per step."""
+        found = self._upstream.get(step_id)
+        if found is None:
+            found = self._upstream[step_id] = graph.upstream(step_id, self._deps)
+        return found
 
 
 def failed_outcome(
