@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: run test install install-dev protos check-protos lint lint-protos format bench clean
+.PHONY: run test soak install install-dev protos check-protos lint lint-protos format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ test: install-dev
 	$(BIN)/coverage report --include='engine_service/core/*' --fail-under=95 > /dev/null \
 		|| { echo "engine_service/core branch coverage is under 95%"; \
 		     $(BIN)/coverage report --include='engine_service/core/*'; exit 1; }
+
+## The fuzz tier at soak size: 100,000 generated requests against both services on SQLite
+## and Postgres (set STEPSTREAM_FUZZ_REQUESTS for another count, STEPSTREAM_FUZZ_SEED to
+## replay a run). CI runs the same tier at 5,600.
+soak: install-dev
+	STEPSTREAM_FUZZ_REQUESTS=$${STEPSTREAM_FUZZ_REQUESTS:-100000} \
+	  $(BIN)/pytest tests/fuzz -q -p no:cacheprovider
 
 ## Regenerate the committed stubs from protos/ with the pinned generators.
 protos: install-dev

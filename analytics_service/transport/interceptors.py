@@ -28,6 +28,7 @@ from analytics_service.core.errors import (
     UnauthenticatedError,
 )
 from analytics_service.metrics import AnalyticsMetrics
+from analytics_service.transport.decoding import admitting, refuse_undecodable
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class ErrorInterceptor(ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        # Bytes that are not the request message are INVALID_ARGUMENT, not grpc's UNKNOWN.
+        handler = admitting(handler, refuse_undecodable)
         return _rewrap(handler, handler_call_details.method, _guard_unary, _guard_stream)
 
 

@@ -334,9 +334,9 @@ def _invalid_utf8(message_type: Any) -> bytes | None:
 
 async def _raw_call(channel: aio.Channel, path: str, streaming: bool, body: bytes) -> Any:
     if streaming:
-        stream = channel.unary_stream(path)(body)
+        stream = channel.unary_stream(path, None, None)(body)
         return await stream.read()
-    return await channel.unary_unary(path)(body)
+    return await channel.unary_unary(path, None, None)(body)
 
 
 async def test_bytes_that_are_not_a_request_are_invalid_argument_on_every_method(
