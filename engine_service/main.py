@@ -14,7 +14,7 @@ from engine_service.core.engine import Engine
 from engine_service.core.leases import LeaseKeeper, LeaseSettings
 from engine_service.core.scheduler import Scheduler
 from engine_service.metrics import EngineMetrics, MetricsEndpoint
-from engine_service.relay import OutboxRelay, RelaySettings
+from engine_service.relay import OutboxRelay, RelayMetrics, RelaySettings
 from engine_service.settings import EngineSettings
 from engine_service.storage import is_single_process, open_store
 from engine_service.storage.notify import EventListener
@@ -87,8 +87,13 @@ async def serve(settings: EngineSettings) -> None:
         relay = (
             OutboxRelay(
                 Outbox(store.engine),
-                RelaySettings(target=settings.analytics_target),
+                RelaySettings(
+                    target=settings.analytics_target,
+                    batch_size=settings.relay_batch_events,
+                    max_batch_bytes=settings.relay_batch_bytes,
+                ),
                 on_backlog=metrics.outbox_backlog.set,
+                on_set_aside=RelayMetrics(metrics.registry).count_set_aside,
             )
             if settings.analytics_target
             else None

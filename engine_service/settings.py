@@ -134,6 +134,18 @@ class EngineSettings(BaseSettings):
         description="host:port of the analytics service the outbox relay ships events to "
         "(read from STEPSTREAM_ANALYTICS_TARGET); empty: events stay in the outbox.",
     )
+    relay_batch_events: int = Field(
+        default=500,
+        ge=1,
+        description="Most events the outbox relay sends to analytics in one request.",
+    )
+    relay_batch_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=4 * 1024 * 1024 - 64 * 1024,
+        description="Most bytes of one request of the outbox relay; keep it below "
+        "analytics' receive limit (4 MiB). A larger event travels alone.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Logging threshold."
     )

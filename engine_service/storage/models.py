@@ -210,3 +210,26 @@ Index(
     postgresql_where=text("outcome = 'PENDING'"),
     sqlite_where=text("outcome = 'PENDING'"),
 )
+
+
+class OutboxDeadLetterRow(Base):
+    """An event the outbox relay set aside: analytics refused it for good (`code`, `reason`).
+
+    Its `execution_events.delivered_at` is set too, so it leaves the outbox; replaying it
+    (`python -m engine_service.relay dead-letters replay`) clears both.
+    """
+
+    __tablename__ = "outbox_dead_letters"
+
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    execution_id: Mapped[str] = mapped_column(String(36))
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    tenant: Mapped[str] = mapped_column(String(ID_LENGTH))
+    code: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    set_aside_at: Mapped[datetime] = mapped_column(Timestamp)
+
+    __table_args__ = (Index("ix_outbox_dead_letters_set_aside_at", "set_aside_at"),)
+
+
+outbox_dead_letters: Table = OutboxDeadLetterRow.__table__  # type: ignore[assignment]

@@ -25,6 +25,7 @@ TABLES = {
     "leases",
     "schedules",
     "execution_commands",
+    "outbox_dead_letters",
 }
 
 
