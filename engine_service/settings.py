@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine_service.core.attempt import MAX_OUTPUT_BYTES
 from engine_service.core.engine import EngineConfig
 from engine_service.core.scheduler import SchedulerConfig
 from engine_service.transport.boundary import (
@@ -209,6 +210,12 @@ class EngineSettings(BaseSettings):
         description="Largest inputs of StartExecution, ResumeExecution and schedules, in "
         "bytes of their protobuf encoding; larger ones are INVALID_ARGUMENT.",
     )
+    max_output_bytes: int = Field(
+        default=MAX_OUTPUT_BYTES,
+        ge=1024,
+        description="Largest output of one step attempt, in bytes of JSON; a larger one "
+        "fails the step with OutputTooLarge (outputs travel in events to analytics).",
+    )
     max_duration_seconds: int = Field(
         default=100 * 31_557_600,
         ge=1,
@@ -238,6 +245,7 @@ class EngineSettings(BaseSettings):
             max_steps_per_execution=self.max_steps_per_execution,
             max_concurrent_steps=self.max_concurrent_steps,
             max_workflow_depth=self.max_workflow_depth,
+            max_output_bytes=self.max_output_bytes,
             max_lost_attempts=self.max_lost_attempts,
         )
 

@@ -1,13 +1,14 @@
 """One attempt of a step's action: its outcome, whatever the action does.
 
 An action's failure (a timeout, an ActionError, any exception, output its schema
-rejects) is the step's failure, never the engine's; secrets the parameters resolved are
-kept out of outputs, messages and logs.
+rejects, output over the size limit) is the step's failure, never the engine's; secrets
+the parameters resolved are kept out of outputs, messages and logs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,11 @@ from engine_service.core.step_decisions import (
 log = logging.getLogger(__name__)
 
 SS = StepStatus
+# The default bound on one attempt's output, in bytes of compact JSON. An output travels
+# in events to watchers and to analytics (whose requests are at most 4 MiB): in protobuf a
+# number-dense JSON output grows up to about 5.5 times, so this keeps any one event well
+# under that limit.
+MAX_OUTPUT_BYTES = 512 * 1024
 
 
 async def invoke_action(
@@ -36,6 +42,8 @@ async def invoke_action(
     run: RunStep,
     context: ActionContext,
     output_schema: Mapping[str, Any] | None,
+    *,
+    max_output_bytes: int = MAX_OUTPUT_BYTES,
 ) -> AttemptOutcome:
     """Runs `action_name` with the step's timeout and retry policy."""
     loop = asyncio.get_running_loop()
@@ -69,8 +77,30 @@ async def invoke_action(
         retryable = is_retryable(step.retry, failure.type, True)
         return failed_outcome(SS.FAILED, failure, retryable=retryable, started=started)
     output = references.redact(output, run.secret_values)
+    size = output_bytes(output)
+    if size is None or size > max_output_bytes:
+        failure = _unshippable(size, max_output_bytes)
+        return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
     problem = schema_problem(output, output_schema)
     if problem is not None:
         failure = Failure("OutputValidationError", problem)
         return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
     return AttemptOutcome(SS.COMPLETED, output=output, duration=loop.time() - started)
+
+
+def output_bytes(output: Any) -> int | None:
+    """The size of `output` as compact JSON (values JSON lacks counted as their text);
+    None for an output no JSON can hold (a cycle, nesting past the interpreter's limit)."""
+    try:
+        encoded = json.dumps(output, ensure_ascii=False, separators=(",", ":"), default=str)
+    except (ValueError, RecursionError):
+        return None
+    return len(encoded.encode("utf-8"))
+
+
+def _unshippable(size: int | None, limit: int) -> Failure:
+    if size is None:
+        return Failure("OutputNotJson", "the output cannot be written as JSON")
+    return Failure(
+        "OutputTooLarge", f"the output is {size} bytes of JSON, over the limit of {limit}"
+    )

@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 
 from engine_service.core.actions import ActionContext, ActionError, ActionRegistry, builtin_actions
+from engine_service.core.attempt import MAX_OUTPUT_BYTES
 from engine_service.core.bus import EventBus
 from engine_service.core.clock import Clock, SystemClock
 from engine_service.core.commands import CommandDesk, CommandKind
@@ -78,6 +79,8 @@ class EngineConfig:
     # Attempts of one step the engine may lose by stopping mid-attempt before the step
     # fails for good (a step that keeps killing the engine must not loop for ever).
     max_lost_attempts: int = 3
+    # Largest output of one attempt, in bytes of JSON; a larger one fails the step.
+    max_output_bytes: int = MAX_OUTPUT_BYTES
 
 
 @dataclass(frozen=True, slots=True)

@@ -414,7 +414,10 @@ class ExecutionRunner:
     ) -> AttemptOutcome:
         context = self._action_context(step, attempt, handler)
         actions = self._engine.actions
-        return await invoke_action(actions, action_name, step, run, context, output_schema)
+        limit = self._engine.config.max_output_bytes
+        return await invoke_action(
+            actions, action_name, step, run, context, output_schema, max_output_bytes=limit
+        )
 
     def _action_context(self, step: StepDefinition, attempt: int, handler: str) -> ActionContext:
         return ActionContext(

@@ -26,6 +26,7 @@ from tests.integration.engine.helpers import (
     execution_status,
     register,
     rpc_error,
+    run_to_end,
     start,
     struct,
 )
@@ -355,3 +356,21 @@ async def test_bytes_that_are_not_a_request_are_invalid_argument_on_every_method
     )
     assert health.code() is grpc.StatusCode.INVALID_ARGUMENT
     await _nothing_stored(harness)
+
+
+# -- outputs ---------------------------------------------------------------------------
+
+
+async def test_an_output_over_the_limit_fails_its_step_with_a_clear_type(
+    harness: Harness,
+) -> None:
+    # An output travels in events to analytics; unbounded, one step's output could make
+    # an event larger than analytics accepts.
+    await register(harness.stub, chain("big", "echo", echo={"x": "${inputs.x}"}))
+    execution = await run_to_end(harness.stub, "big", inputs=struct({"x": "x" * 600_000}))
+    assert execution.status == execution_status("FAILED")
+    (step,) = execution.steps
+    assert step.error.type == "OutputTooLarge"
+    assert "over the limit of 524288" in step.error.message
+    fits = await run_to_end(harness.stub, "big", inputs=struct({"x": "x" * 400_000}))
+    assert fits.status == execution_status("COMPLETED")
