@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.engine.helpers import bounded
+from tests.integration.engine.helpers import WAIT_SECONDS, bounded
 
 GRACE_SECONDS = 4.0
 LISTENING = re.compile(r"engine listening on 127\.0\.0\.1:(\d+)")
@@ -59,10 +59,13 @@ async def launch(
     log: Path,
     settings: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    start_within: float = WAIT_SECONDS,
 ) -> EngineProcess:
     """Starts an engine on `database_url`.
 
-    `settings` are STEPSTREAM_ENGINE_* overrides by field name; `env` other variables.
+    `settings` are STEPSTREAM_ENGINE_* overrides by field name; `env` other variables;
+    `start_within` bounds the wait for it to listen.
     """
     metrics_port = free_port()
     environment = {
@@ -79,7 +82,7 @@ async def launch(
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engine_service", env=environment, stdout=sink, stderr=sink
         )
-    port = await bounded(_listening_port(log, process, since))
+    port = await bounded(_listening_port(log, process, since), start_within)
     return EngineProcess(process, port, metrics_port, log)
 
 

@@ -24,7 +24,13 @@ from stepstream.v1 import analytics_pb2, analytics_pb2_grpc, engine_pb2, engine_
 from engine_service.storage import create_database_engine
 from engine_service.storage.models import execution_events, executions
 from tests.e2e.engine.processes import EngineProcess, free_port, launch
-from tests.integration.engine.helpers import bounded, definition, register, struct
+from tests.integration.engine.helpers import (
+    WAIT_SECONDS,
+    bounded,
+    definition,
+    register,
+    struct,
+)
 from tests.private_postgres import PrivatePostgres
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +70,7 @@ class AnalyticsProcess:
         self.log = log
         self.process: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, start_within: float = WAIT_SECONDS) -> None:
         env = {
             **os.environ,
             "STEPSTREAM_ANALYTICS_ADDRESS": f"127.0.0.1:{self.port}",
@@ -75,7 +81,7 @@ class AnalyticsProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "analytics_service", env=env, stdout=sink, stderr=sink
             )
-        await bounded(self._until_serving())
+        await bounded(self._until_serving(), start_within)
 
     async def _until_serving(self) -> None:
         async with aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
