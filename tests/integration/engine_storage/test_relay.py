@@ -18,12 +18,13 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 from stepstream.v1 import analytics_pb2
 
 from analytics_service.core.events import ExecutionEvent as AnalyticsEvent
 from analytics_service.main import RunningService
 from engine_service.core.state import ExecutionEvent, replay
-from engine_service.relay import OutboxRelay, RelaySettings
+from engine_service.relay import OutboxRelay, RelayMetrics, RelaySettings
 from engine_service.storage import SqlExecutionStore, open_store
 from engine_service.storage.outbox import DeadLetters, Outbox, Refusal
 from tests.integration.analytics.conftest import ManualClock, connected, running_service
@@ -40,13 +41,23 @@ class Pipeline:
     dead_letters: DeadLetters
     analytics: RunningService
     set_aside: list[Refusal] = field(default_factory=list)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def relay(self, **settings: Any) -> OutboxRelay:
         target = f"127.0.0.1:{self.analytics.port}"
+        metrics = RelayMetrics(self.registry)
+
+        def set_aside(refusal: Refusal) -> None:
+            self.set_aside.append(refusal)
+            metrics.count_set_aside(refusal)
+
         return OutboxRelay(
-            self.outbox,
-            RelaySettings(target=target, **settings),
-            on_set_aside=self.set_aside.append,
+            self.outbox, RelaySettings(target=target, **settings), on_set_aside=set_aside
+        )
+
+    def set_aside_metric(self, code: str) -> float | None:
+        return self.registry.get_sample_value(
+            "stepstream_engine_outbox_set_aside_events_total", {"code": code}
         )
 
     async def add_execution(self, change: Any = None, inputs: Any = None) -> list[ExecutionEvent]:
@@ -129,6 +140,7 @@ async def test_a_refused_event_is_set_aside_and_every_other_one_shipped(
     assert letter.code == "INVALID_ARGUMENT"
     assert "events[0].duration: must not be negative" in letter.reason
     assert [refusal.code for refusal in pipeline.set_aside] == ["INVALID_ARGUMENT"]
+    assert pipeline.set_aside_metric("INVALID_ARGUMENT") == 1
     assert await pipeline.analytics_executions() == {events[0].execution_id for events in good}
 
 
