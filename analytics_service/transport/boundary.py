@@ -27,7 +27,7 @@ from analytics_service.core.errors import FieldViolation, InvalidArgumentError
 from analytics_service.transport.interceptors import (
     Behavior,
     ServerInterceptor,
-    _rewrap,
+    rewrap,
 )
 
 # Timestamp and Duration ranges of the protobuf spec (0001-01-01 to 9999-12-31, ±10,000 y).
@@ -201,7 +201,7 @@ class BoundaryInterceptor(ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith("/stepstream."):
             return handler
-        return _rewrap(handler, handler_call_details.method, self._unary, self._stream)
+        return rewrap(handler, handler_call_details.method, self._unary, self._stream)
 
     def _unary(self, behavior: Behavior, method: str) -> Callable[..., Awaitable[Any]]:
         async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -51,7 +51,7 @@ _CODES: dict[type[AnalyticsError], int] = {
 }
 
 
-def _rewrap(
+def rewrap(
     handler: grpc.RpcMethodHandler[Any, Any],
     method: str,
     unary: UnaryWrapper,
@@ -116,7 +116,7 @@ class ErrorInterceptor(ServerInterceptor):
             return handler
         # Bytes that are not the request message are INVALID_ARGUMENT, not grpc's UNKNOWN.
         handler = admitting(handler, refuse_undecodable)
-        return _rewrap(handler, handler_call_details.method, _guard_unary, _guard_stream)
+        return rewrap(handler, handler_call_details.method, _guard_unary, _guard_stream)
 
 
 def _guard_unary(behavior: Behavior, method: str) -> Callable[..., Awaitable[Any]]:
@@ -169,7 +169,7 @@ class AuthInterceptor(ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(HEALTH_PREFIX) or not self._tokens.enabled:
             return handler
-        return _rewrap(handler, method, self._check_unary, self._check_stream)
+        return rewrap(handler, method, self._check_unary, self._check_stream)
 
     def _check_unary(self, behavior: Behavior, method: str) -> Callable[..., Awaitable[Any]]:
         async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -203,7 +203,7 @@ class LatencyInterceptor(ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith("/stepstream."):
             return handler
-        return _rewrap(handler, handler_call_details.method, self._time_unary, self._time_stream)
+        return rewrap(handler, handler_call_details.method, self._time_unary, self._time_stream)
 
     def _observe(self, method: str, started: float) -> None:
         rpc = method.rsplit("/", 1)[-1]
