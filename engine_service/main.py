@@ -43,14 +43,17 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-async def serve(settings: EngineSettings) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+async def serve(settings: EngineSettings, *, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT (or `stop` is set), then stop gracefully."""
     database_url = settings.database_url.get_secret_value()
     store = await open_store(
         database_url, migrate=settings.migrate_on_start, owner=settings.instance_id
     )
     metrics = EngineMetrics()
     endpoint = MetricsEndpoint(metrics.registry)
+    engine: Engine | None = None
+    keeper: LeaseKeeper | None = None
+    scheduler: Scheduler | None = None
     try:
         engine = Engine(
             store,
@@ -111,23 +114,31 @@ async def serve(settings: EngineSettings) -> None:
         if settings.metrics_port:
             port = endpoint.start(settings.metrics_host, settings.metrics_port)
             log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
-        await _until_stopped()
+        await _until_stopped(stop or asyncio.Event())
         log.info("stopping (grace period %.1fs)", settings.grace_period_seconds)
         await keeper.stop()  # claim nothing more while stopping
         await scheduler.stop()
-        await server.stop(settings.grace_period_seconds)
+        await server.stop(settings.grace_period_seconds)  # stops the engine last
         if listener is not None:
             await listener.stop()
         if relay is not None:
             await relay.stop()
     finally:
+        # However serving ended (a start that failed half-way too), nothing goes on
+        # claiming or driving executions against the store about to close; no-ops when
+        # the graceful stop above ran.
+        if keeper is not None:
+            await keeper.stop()
+        if scheduler is not None:
+            await scheduler.stop()
+        if engine is not None:
+            await engine.stop()
         endpoint.stop()
         await store.close()
     log.info("stopped")
 
 
-async def _until_stopped() -> None:
-    stop = asyncio.Event()
+async def _until_stopped(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
