@@ -17,7 +17,7 @@ from engine_service.core.definitions import validate_definition
 from engine_service.core.engine import Engine
 from engine_service.core.scheduler import ScheduleService
 from engine_service.core.state import ExecutionEvent
-from engine_service.transport import mapping
+from engine_service.transport import mapping, responses
 from engine_service.transport.requests import RequestCheck, execution_query, workflow_query
 from engine_service.transport.schedule_requests import (
     schedule_changes,
@@ -30,8 +30,8 @@ from engine_service.transport.tenancy import Tenancy
 Context = aio.ServicerContext[Any, Any]
 
 
-def _batch(events: list[ExecutionEvent]) -> events_pb2.EventBatch:
-    return mapping.batch_to_proto(events, uuid.uuid4().hex)
+async def _batch(events: list[ExecutionEvent]) -> events_pb2.EventBatch:
+    return await responses.batch(events, uuid.uuid4().hex)
 
 
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
@@ -49,7 +49,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         tenant = self._tenancy.named(request.definition.tenant, context)
         data = await mapping.definition_from_proto_off_loop(request.definition)
         stored = await self._engine.register_workflow(data, tenant)
-        return engine_pb2.RegisterWorkflowResponse(workflow=mapping.definition_to_proto(stored))
+        return engine_pb2.RegisterWorkflowResponse(workflow=await responses.definition(stored))
 
     async def GetWorkflow(
         self, request: engine_pb2.GetWorkflowRequest, context: Context
@@ -58,7 +58,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         check.non_negative(request.version, "version").done()
         tenant = self._tenancy.named(request.tenant, context)
         found = await self._engine.get_workflow(tenant, request.workflow_id, request.version)
-        return engine_pb2.GetWorkflowResponse(workflow=mapping.definition_to_proto(found))
+        return engine_pb2.GetWorkflowResponse(workflow=await responses.definition(found))
 
     async def ListWorkflows(
         self, request: engine_pb2.ListWorkflowsRequest, context: Context
@@ -66,7 +66,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         query = workflow_query(request, self._tenancy.named(request.tenant, context))
         page = await self._engine.list_workflows(query)
         return engine_pb2.ListWorkflowsResponse(
-            workflows=[mapping.definition_to_proto(d) for d in page.items],
+            workflows=await responses.definitions(page.items),
             next_page_token=page.next_page_token,
         )
 
@@ -96,7 +96,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     ) -> engine_pb2.StartExecutionResponse:
         state, created = await self._start(request, context)
         return engine_pb2.StartExecutionResponse(
-            execution=mapping.execution_to_proto(state), created=created
+            execution=await responses.execution(state), created=created
         )
 
     async def _start(
@@ -122,7 +122,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             tenant=await self._owner(request.execution_id, context),
             at_sequence=request.at_sequence,
         )
-        return engine_pb2.GetExecutionResponse(execution=mapping.execution_to_proto(state))
+        return engine_pb2.GetExecutionResponse(execution=await responses.execution(state))
 
     async def ListExecutions(
         self, request: engine_pb2.ListExecutionsRequest, context: Context
@@ -130,7 +130,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         query = execution_query(request, self._tenancy.named(request.tenant, context))
         page = await self._engine.list_executions(query)
         return engine_pb2.ListExecutionsResponse(
-            executions=[mapping.execution_to_proto(s) for s in page.items],
+            executions=await responses.executions(page.items),
             next_page_token=page.next_page_token,
         )
 
@@ -143,7 +143,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             tenant=await self._owner(request.execution_id, context),
             reason=request.reason,
         )
-        return engine_pb2.CancelExecutionResponse(execution=mapping.execution_to_proto(state))
+        return engine_pb2.CancelExecutionResponse(execution=await responses.execution(state))
 
     async def PauseExecution(
         self, request: engine_pb2.PauseExecutionRequest, context: Context
@@ -152,7 +152,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         state = await self._engine.pause_execution(
             request.execution_id, tenant=await self._owner(request.execution_id, context)
         )
-        return engine_pb2.PauseExecutionResponse(execution=mapping.execution_to_proto(state))
+        return engine_pb2.PauseExecutionResponse(execution=await responses.execution(state))
 
     async def ResumeExecution(
         self, request: engine_pb2.ResumeExecutionRequest, context: Context
@@ -163,7 +163,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             tenant=await self._owner(request.execution_id, context),
             inputs=await mapping.struct_to_dict_off_loop(request.inputs),
         )
-        return engine_pb2.ResumeExecutionResponse(execution=mapping.execution_to_proto(state))
+        return engine_pb2.ResumeExecutionResponse(execution=await responses.execution(state))
 
     async def _owner(self, execution_id: str, context: Context) -> str | None:
         """The tenant the engine checks a call by execution id against; None: no check.
@@ -193,7 +193,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             request.execution_id, request.after_sequence, tenant=tenant
         )
         async for batch in events:
-            yield engine_pb2.WatchExecutionResponse(batch=_batch(batch))
+            yield engine_pb2.WatchExecutionResponse(batch=await _batch(batch))
 
     async def WatchExecutions(
         self, request: engine_pb2.WatchExecutionsRequest, context: Context
@@ -203,15 +203,15 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         check.done()
         tenant = self._tenancy.named(request.tenant, context)
         async for batch in self._streams.watch_executions(tenant, request.workflow_id, statuses):
-            yield engine_pb2.WatchExecutionsResponse(batch=_batch(batch))
+            yield engine_pb2.WatchExecutionsResponse(batch=await _batch(batch))
 
     async def RunAndWatch(
         self, request: engine_pb2.RunAndWatchRequest, context: Context
     ) -> AsyncIterator[engine_pb2.RunAndWatchResponse]:
         state, _ = await self._start(request.start, context)
-        yield engine_pb2.RunAndWatchResponse(execution=mapping.execution_to_proto(state))
+        yield engine_pb2.RunAndWatchResponse(execution=await responses.execution(state))
         async for batch in self._streams.watch_execution(state.id, 0, tenant=None):
-            yield engine_pb2.RunAndWatchResponse(batch=_batch(batch))
+            yield engine_pb2.RunAndWatchResponse(batch=await _batch(batch))
 
     # ---- schedules ------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         tenant = self._tenancy.named(request.schedule.tenant, context)
         inputs = await mapping.struct_to_dict_off_loop(request.schedule.inputs)
         created = await self._schedules.create(schedule_spec(request, tenant, inputs))
-        return engine_pb2.CreateScheduleResponse(schedule=mapping.schedule_to_proto(created))
+        return engine_pb2.CreateScheduleResponse(schedule=await responses.schedule(created))
 
     async def ListSchedules(
         self, request: engine_pb2.ListSchedulesRequest, context: Context
@@ -229,7 +229,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         query = schedule_query(request, self._tenancy.named(request.tenant, context))
         page = await self._schedules.list(query)
         return engine_pb2.ListSchedulesResponse(
-            schedules=[mapping.schedule_to_proto(s) for s in page.items],
+            schedules=await responses.schedules(page.items),
             next_page_token=page.next_page_token,
         )
 
@@ -244,7 +244,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         changes = schedule_changes(request, inputs)
         tenant = await self._schedule_tenant(request.schedule_id, context)
         updated = await self._schedules.update(request.schedule_id, changes, tenant=tenant)
-        return engine_pb2.UpdateScheduleResponse(schedule=mapping.schedule_to_proto(updated))
+        return engine_pb2.UpdateScheduleResponse(schedule=await responses.schedule(updated))
 
     async def DeleteSchedule(
         self, request: engine_pb2.DeleteScheduleRequest, context: Context
