@@ -1,0 +1,348 @@
+"""The simulated cluster: engine processes on one shared store, on virtual time.
+
+Every task belongs to the process whose code created it (see `tests.sim.tasks`), so
+stopping a process is exact: every one of its tasks is cancelled at once, wherever it is
+suspended, and its store refuses every later call, so it commits nothing more. A restart
+is a new `Engine` and `LeaseKeeper` on the same store, as after a real process restart.
+Clients (see `tests.sim.clients`) call into a live process's engine; a call in flight when
+its process dies is lost with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine_service.core.clock import LoopClock
+from engine_service.core.commands import Command
+from engine_service.core.engine import Engine, EngineConfig
+from engine_service.core.errors import EngineError, NotFound
+from engine_service.core.leases import LeaseKeeper, LeaseSettings
+from engine_service.core.state import ExecutionState
+from engine_service.core.store import ExecutionQuery, ExecutionStore
+from tests.sim.clients import operator, send_command, start_root
+from tests.sim.faults import Fault, Hold, ProcessStore, Windows
+from tests.sim.probe import Ledger
+from tests.sim.record import CommandLog, Record
+from tests.sim.tasks import Tasks
+from tests.sim.tiers import Tier
+from tests.sim.workflows import Scenario, parsed_definitions
+
+LEASE_DURATION = 10.0
+LEASE_INTERVAL = 2.0
+HORIZON = 1800.0  # virtual seconds: a schedule not over by then never ends
+STALL = 120.0  # nothing committed for this long, nothing more planned: it never ends
+MAX_CALLS = 60_000  # store calls: beyond this the engine is spinning
+
+
+@dataclass
+class Process:
+    slot: int
+    tag: str
+    store: ProcessStore
+    engine: Engine
+    keeper: LeaseKeeper
+    raw: ExecutionStore
+    alive: bool = True
+    restart_after: float = 0.0
+
+
+@dataclass
+class World:
+    scenario: Scenario
+    faults: tuple[Fault, ...]
+    tier: Tier
+    seed: int
+    tasks: Tasks = field(default_factory=Tasks)
+    processes: dict[int, Process] = field(default_factory=dict)
+    windows: dict[int, Windows] = field(default_factory=dict)
+    incarnations: dict[int, int] = field(default_factory=dict)
+    roots: list[str | None] = field(default_factory=list)
+    commands: list[CommandLog] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    fault_log: list[tuple[float, str]] = field(default_factory=list)
+    commits: dict[int, int] = field(default_factory=dict)
+    pending: int = 0  # timeline entries (starts, commands, faults, restarts) still to come
+    calls: int = 0
+    hold: Hold | None = None
+    aborted: bool = False
+    over: bool = False
+    stores: list[ProcessStore] = field(default_factory=list)
+    observer: ExecutionStore = field(init=False)
+    ledger: Ledger = field(init=False)
+
+    async def run(self) -> Record:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(self.tasks.factory)  # type: ignore[arg-type]
+        self.hold = Hold() if self.tier.holds_time else None
+        self.observer = await self.tier.open()
+        self.ledger = Ledger(self.observer)
+        self.roots = [None] * len(self.scenario.roots)
+        try:
+            await self._register()
+            for slot in range(self.scenario.processes):
+                await self._boot(slot)
+            self._plan()
+            ended = await self._until_over()
+            return await self._record(ended)
+        finally:
+            await self._shutdown()
+
+    # ---- the timeline ---------------------------------------------------------------
+
+    def _plan(self) -> None:
+        for index, root in enumerate(self.scenario.roots):
+            self._at(root.at, 0, functools.partial(start_root, self, index))
+        for command in self.scenario.commands:
+            self._at(command.at, command.yields, functools.partial(send_command, self, command))
+        for fault in self.faults:
+            self._at(fault.at, fault.yields, functools.partial(self._fault, fault))
+
+    def _at(self, at: float, yields: int, action: Callable[[], Awaitable[None]]) -> None:
+        self.pending += 1
+
+        async def later() -> None:
+            try:
+                await asyncio.sleep(max(0.0, at - asyncio.get_running_loop().time()))
+                for _ in range(yields):
+                    await asyncio.sleep(0)
+                await action()
+            finally:
+                self.pending -= 1
+
+        self.tasks.spawn_driver(later())
+
+    async def _until_over(self) -> float:
+        loop = asyncio.get_running_loop()
+        resumer = self.tasks.spawn_driver(operator(self))
+        progress, since = -1, 0.0
+        try:
+            while loop.time() < HORIZON and not self.aborted:
+                await asyncio.sleep(1.0)
+                states = await self.states()
+                if self.pending == 0 and all(r is not None for r in self.roots):
+                    if all(s.status.is_terminal for s in states):
+                        return loop.time()
+                    if loop.time() - since > STALL:
+                        break
+                events = sum(s.last_sequence for s in states)
+                if events != progress or self.pending:
+                    progress, since = events, loop.time()
+            unfinished = [s for s in await self.states() if not s.status.is_terminal]
+            what = ", ".join(f"{s.id[:8]} {s.status}" for s in unfinished)
+            reason = (
+                "the engine spun"
+                if self.aborted
+                else f"nothing was committed for {STALL:g}s"
+                if loop.time() < HORIZON
+                else f"after {HORIZON:g}s"
+            )
+            self.problems.append(("every-execution-ends", f"{reason}: still {what}"))
+            return loop.time()
+        finally:
+            resumer.cancel()
+
+    async def states(self) -> list[ExecutionState]:
+        page = await self.observer.list_executions(ExecutionQuery(page_size=1000))
+        return list(page.items)
+
+    # ---- processes -------------------------------------------------------------------
+
+    async def _boot(self, slot: int) -> None:
+        incarnation = self.incarnations[slot] = self.incarnations.get(slot, 0) + 1
+        tag = f"p{slot}.{incarnation}"
+        raw = await self.tier.process_store(f"p{slot}")
+        windows = self.windows.setdefault(slot, Windows())
+        process: Process
+        store = ProcessStore(
+            raw,
+            windows,
+            on_kill=lambda: self._kill(process),
+            on_call=self._counted,
+            on_strike=lambda what: self.fault_log.append((_now(), f"{tag}: {what}")),
+            hold=self.hold,
+        )
+        self.stores.append(store)
+        config = EngineConfig(
+            max_concurrent_steps=self.scenario.slots,
+            commands_across_processes=not self.scenario.single_process,
+        )
+        engine = Engine(
+            store,  # type: ignore[arg-type]
+            actions=self.ledger.registry(tag),
+            config=config,
+            clock=LoopClock(),
+            secrets={},
+            rng=random.Random(f"engine-{self.seed}-{tag}"),
+        )
+        settings = LeaseSettings(
+            owner=f"p{slot}",
+            duration=LEASE_DURATION,
+            interval=LEASE_INTERVAL,
+            take_over_on_start=self.scenario.single_process,
+        )
+        process = Process(slot, tag, store, engine, LeaseKeeper(engine, settings), raw)
+        self.processes[slot] = process
+        started = await self.call(process, process.keeper.start)
+        if isinstance(started, BaseException):
+            self.fault_log.append((_now(), f"{tag} failed to start: {started!r}"))
+            process.restart_after = 1.0
+            self._kill(process)
+
+    def _counted(self) -> None:
+        self.calls += 1
+        if self.calls > MAX_CALLS and not self.aborted:
+            self.aborted = True
+            for process in self.processes.values():
+                process.restart_after = -1.0
+                self._kill(process)
+
+    def _kill(self, process: Process) -> None:
+        if not process.alive:
+            return
+        process.alive = False
+        process.store.dead = True
+        self.commits[process.slot] = self.commits.get(process.slot, 0) + process.store.commits
+        self.tasks.kill(process.tag)
+        if not self.over:
+            self.fault_log.append((_now(), f"{process.tag} stopped"))
+        self.tasks.spawn_driver(self._release(process))
+        if process.restart_after >= 0:
+            self.pending += 1
+            self.tasks.spawn_driver(self._restart(process.slot, process.restart_after))
+
+    async def _release(self, process: Process) -> None:
+        """Close a dead process's store once its cancelled tasks are done."""
+        for _ in range(100):
+            if not self.tasks.alive(process.tag):
+                break
+            await asyncio.sleep(0)
+        await self.tier.release(process.raw)
+
+    async def _restart(self, slot: int, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+            if not self.aborted:
+                await self._boot(slot)
+        finally:
+            self.pending -= 1
+
+    async def _stop_gracefully(self, process: Process) -> None:
+        async def stop() -> None:
+            await process.keeper.stop()
+            await process.engine.stop()
+
+        await self.call(process, stop)
+        self._kill(process)
+
+    def live(self, preferred: int) -> Process | None:
+        process = self.processes.get(preferred)
+        if process is not None and process.alive:
+            return process
+        return next((p for p in self.processes.values() if p.alive), None)
+
+    async def call(self, process: Process, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `call()` as a task of `process`; its result, or the exception it ended with
+        (CancelledError if the process died meanwhile)."""
+
+        async def body() -> Any:
+            return await call()
+
+        task = self.tasks.spawn(process.tag, body())
+        await asyncio.wait([task])
+        if task.cancelled():
+            return asyncio.CancelledError()
+        return task.exception() or task.result()
+
+    # ---- faults ----------------------------------------------------------------------
+
+    async def _fault(self, fault: Fault) -> None:
+        self.fault_log.append((_now(), fault.describe()))
+        if fault.kind == "join":
+            await self._boot(fault.process)
+            return
+        if fault.kind in ("partition", "outage"):
+            windows = self.windows.setdefault(fault.process, Windows())
+            target = windows.partitions if fault.kind == "partition" else windows.outages
+            target.append((fault.at, fault.at + fault.seconds))
+            return
+        process = self.processes.get(fault.process)
+        if process is None or not process.alive:
+            return
+        process.restart_after = fault.seconds
+        if fault.kind == "kill":
+            self._kill(process)
+        elif fault.kind == "stop":
+            await self._stop_gracefully(process)
+        elif fault.kind == "kill_at_commit":
+            process.store.kill_at[process.store.commits + fault.nth] = fault.mode
+        else:
+            process.store.fail_writes[process.store.writes + fault.nth] = fault.mode
+
+    # ---- clients ---------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        for workflow_id, definition in parsed_definitions(self.scenario).items():
+            if isinstance(definition, EngineError):
+                self.problems.append(
+                    ("generated-definitions-register", f"{workflow_id}: {definition}")
+                )
+            else:
+                await self.observer.add_workflow(definition)
+
+    # ---- the record ------------------------------------------------------------------
+
+    async def _record(self, ended: float) -> Record:
+        states = await self.states()
+        events = {s.id: await self.observer.read_events(s.id) for s in states}
+        stored = []
+        for process in self.processes.values():
+            self.commits[process.slot] = self.commits.get(process.slot, 0) + (
+                process.store.commits if process.alive else 0
+            )
+        for command in self._sent_commands():
+            with contextlib.suppress(NotFound):  # its add_command failed
+                stored.append(await self.observer.get_command(command.id))
+        return Record(
+            scenario=self.scenario,
+            faults=self.faults,
+            roots=list(self.roots),
+            executions={s.id: s for s in states},
+            events=events,
+            commands=self.commands,
+            stored_commands=stored,
+            ledger=self.ledger,
+            problems=self.problems,
+            fault_log=self.fault_log,
+            ended=ended,
+            commits=tuple(self.commits.get(i, 0) for i in range(max(self.commits, default=-1) + 1)),
+        )
+
+    def _sent_commands(self) -> list[Command]:
+        seen: dict[str, Command] = {}
+        for store in self.stores:
+            for command in store.commands:
+                seen.setdefault(command.id, command)
+        return list(seen.values())
+
+    async def _shutdown(self) -> None:
+        self.over = True
+        for process in list(self.processes.values()):
+            process.restart_after = -1.0
+            self._kill(process)
+        loop = asyncio.get_running_loop()
+        others = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await self.tier.close()
+        loop.set_task_factory(None)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
