@@ -47,9 +47,10 @@ PERMANENT = frozenset(
         grpc.StatusCode.PERMISSION_DENIED,  # the relay's token does not cover the tenant
     }
 )
-# A bug that one event triggers, or a fault of the service: an event is set aside for
-# these only when others of the same claim got through; otherwise the relay backs off.
-SUSPECT = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+# Every other code keeps the events and backs off: UNAVAILABLE, DEADLINE_EXCEEDED,
+# UNAUTHENTICATED (a configuration to fix), and INTERNAL and UNKNOWN too, which say nothing
+# about the events (analytics answers INTERNAL while its database restarts: setting events
+# aside then would take them out of the aggregates).
 # Protobuf framing around each event (tag + length) and around the batch (request and
 # batch headers, batch id): the byte bound counts them.
 _EVENT_FRAMING = 6
@@ -100,12 +101,6 @@ class _Shipment:
 
     delivered: list[ExecutionEvent] = field(default_factory=list)
     refused: list[tuple[ExecutionEvent, Refusal]] = field(default_factory=list)
-    suspects: list[tuple[ExecutionEvent, Refusal]] = field(default_factory=list)
-    # The first suspect answer, raised as transient when nothing got through.
-    suspect_error: grpc.RpcError | None = None
-
-    def set_aside(self) -> list[tuple[ExecutionEvent, Refusal]]:
-        return self.refused + (self.suspects if self.delivered else [])
 
 
 def byte_bounded(outgoing: Sequence[_Outgoing], max_bytes: int) -> Iterator[list[_Outgoing]]:
@@ -187,41 +182,34 @@ class OutboxRelay:
                     await self._deliver(run, shipment)
             except (grpc.RpcError, OSError) as exc:
                 failure = exc
-            if failure is None and shipment.suspects and not shipment.delivered:
-                failure = shipment.suspect_error
             await batch.delivered(shipment.delivered)
-            await batch.set_aside(shipment.set_aside())
+            await batch.set_aside(shipment.refused)
         self._report(shipment)
         if failure is not None:
             raise failure
-        return len(shipment.delivered) + len(shipment.set_aside())
+        return len(shipment.delivered) + len(shipment.refused)
 
     @property
     def _max_bytes(self) -> int:
         return self._settings.max_batch_bytes
 
     async def _deliver(self, run: list[_Outgoing], shipment: _Shipment) -> None:
-        """Send `run`; on a permanent (or suspect) refusal, its halves, until each refused
-        event is alone. At most 2n - 1 calls for n events."""
+        """Send `run`; on a permanent refusal, its halves, until each refused event is
+        alone. At most 2n - 1 calls for n events."""
         pending = [run]
         while pending:
             part = pending.pop(0)  # oldest first
             try:
                 await self._send(part)
             except aio.AioRpcError as exc:
-                code = exc.code()
-                if code not in PERMANENT and code not in SUSPECT:
+                if exc.code() not in PERMANENT:
                     raise
                 if len(part) > 1:
                     middle = len(part) // 2
                     pending[:0] = [part[:middle], part[middle:]]
                     continue
-                refusal = Refusal(code.name, exc.details() or "")
-                if code in PERMANENT:
-                    shipment.refused.append((part[0].event, refusal))
-                else:
-                    shipment.suspects.append((part[0].event, refusal))
-                    shipment.suspect_error = shipment.suspect_error or exc
+                refusal = Refusal(exc.code().name, exc.details() or "")
+                shipment.refused.append((part[0].event, refusal))
             else:
                 shipment.delivered.extend(item.event for item in part)
 
@@ -241,7 +229,7 @@ class OutboxRelay:
         )
 
     def _report(self, shipment: _Shipment) -> None:
-        for event, refusal in shipment.set_aside():
+        for event, refusal in shipment.refused:
             log.error(
                 "set aside event %s (execution %s, sequence %d): analytics refused it with "
                 "%s: %s; see `python -m engine_service.relay dead-letters list`",
