@@ -24,6 +24,9 @@ from analytics_service.storage.rollup_store import SqlRollupStore
 
 # Postgres: serialization failure, deadlock; both are safe to retry.
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+# Postgres: connection exceptions (08...), and the server shutting down or starting up
+# (57P01-57P03): the database is away for a while, not the request at fault.
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P0")
 
 
 class SqlUnitOfWork:
@@ -48,6 +51,7 @@ def _is_transient(exc: DBAPIError) -> bool:
         isinstance(exc, OperationalError | InterfaceError)
         or exc.connection_invalidated
         or sqlstate in _RETRYABLE_SQLSTATES
+        or str(sqlstate or "").startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
     )
 
 
@@ -84,6 +88,8 @@ class SqlDatabase:
             if _is_transient(exc):
                 raise StorageError(operation=type(exc.orig).__name__) from exc
             raise
+        except OSError as exc:  # the driver could not connect at all (refused, timed out)
+            raise StorageError(operation=type(exc).__name__) from exc
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -25,6 +25,7 @@ from tests.integration.analytics.conftest import (
     wait_for_watchers,
 )
 from tests.integration.analytics.wire import ingest
+from tests.private_postgres import PrivatePostgres
 from tests.unit.analytics.builders import execution_event
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -223,3 +224,30 @@ async def test_the_alert_loop_goes_on_past_a_rule_that_cannot_be_evaluated(
             good.rule.id: analytics_pb2.ALERT_STATE_FIRING,
         }
         assert registry.get_sample_value("stepstream_analytics_alert_rule_failures_total") == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_database_that_cannot_be_reached_is_unavailable_not_internal(
+    private_postgres: PrivatePostgres, clock: ManualClock
+) -> None:
+    # The engine's relay keeps events for UNAVAILABLE and backs off; for INTERNAL it could
+    # not tell an outage from a broken event.
+    async with (
+        running_service(private_postgres.url, clock) as service,
+        connected(service) as stub,
+    ):
+        batch = [execution_event("e1")]
+        await ingest(stub, [batch])
+        private_postgres.stop()
+        for request in ([execution_event("e2")], [execution_event("e3")]):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await ingest(stub, [request])
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetWorkflowMetrics(
+                analytics_pb2.GetWorkflowMetricsRequest(workflow_id="orders")
+            )
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        private_postgres.start()
+        response = await ingest(stub, [[execution_event("e4")]])
+        assert response.accepted == 1
