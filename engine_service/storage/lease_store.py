@@ -14,13 +14,24 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, tuple_, update
+from sqlalchemy import or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine_service.core.state import ExecutionState
 from engine_service.core.store import Claim, Lease
 from engine_service.storage.models import executions, leases
+
+# Leases renewed per statement on SQLite: two parameters each, well under the 32766 a
+# statement may bind, however many executions a process drives. Postgres takes them all
+# in two arrays (a long `IN` list of pairs is slow to plan and, past ~10,000, refused).
+RENEWALS_PER_STATEMENT = 1000
+_RENEW = text(
+    "UPDATE leases AS l SET expires_at = :expires_at "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:epochs AS bigint[])) AS h(execution_id, epoch) "
+    "WHERE l.execution_id = h.execution_id AND l.epoch = h.epoch AND l.owner = :owner "
+    "RETURNING l.execution_id"
+)
 
 
 class SqlLeaseStore:
@@ -102,19 +113,41 @@ class SqlLeaseStore:
         return {i: found[i] for i in claimed}
 
     async def renew_leases(self, lease: Lease, held: Mapping[str, int]) -> set[str]:
-        if not held:
+        pairs = sorted(held.items())
+        if not pairs:
             return set()
         async with self._engine.begin() as connection:
-            renewed = await connection.execute(
-                update(leases)
-                .where(
-                    leases.c.owner == lease.owner,
-                    tuple_(leases.c.execution_id, leases.c.epoch).in_(sorted(held.items())),
+            if self._engine.dialect.name == "postgresql":
+                renewed = await connection.execute(
+                    _RENEW,
+                    {
+                        "expires_at": lease.expires_at,
+                        "owner": lease.owner,
+                        "ids": [i for i, _ in pairs],
+                        "epochs": [e for _, e in pairs],
+                    },
                 )
-                .values(expires_at=lease.expires_at)
-                .returning(leases.c.execution_id)
+                return set(renewed.scalars())
+            return await _renew_in_chunks(connection, lease, pairs)
+
+
+async def _renew_in_chunks(
+    connection: AsyncConnection, lease: Lease, pairs: list[tuple[str, int]]
+) -> set[str]:
+    kept: set[str] = set()
+    for start in range(0, len(pairs), RENEWALS_PER_STATEMENT):
+        chunk = pairs[start : start + RENEWALS_PER_STATEMENT]
+        renewed = await connection.execute(
+            update(leases)
+            .where(
+                leases.c.owner == lease.owner,
+                tuple_(leases.c.execution_id, leases.c.epoch).in_(chunk),
             )
-            return set(renewed.scalars())
+            .values(expires_at=lease.expires_at)
+            .returning(leases.c.execution_id)
+        )
+        kept.update(renewed.scalars())
+    return kept
 
 
 @functools.cache
