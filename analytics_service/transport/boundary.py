@@ -7,7 +7,9 @@ not finite, Timestamps and Durations out of their range (or negative), strings w
 (Postgres refuses it) or longer than the column they are stored in. Each problem is named
 by its field path (`rule.window`, `batch[0].events[3].business_value`: the messages of a
 stream are numbered by their top-level field), and a request with any problem is refused
-whole with INVALID_ARGUMENT, so the database never sees a value it could fail on.
+whole with INVALID_ARGUMENT, so the database never sees a value it could fail on. One
+exception: an event's error type and message (whatever an action raised) are cut and
+cleaned instead (`clean_error_texts`), so the failure is counted.
 
 Struct fields (an event's inputs and output) are not walked: analytics never reads them.
 """
@@ -22,6 +24,7 @@ from typing import Any, Final
 import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from stepstream.v1 import analytics_pb2, events_pb2
 
 from analytics_service.core.errors import FieldViolation, InvalidArgumentError
 from analytics_service.transport.interceptors import (
@@ -39,6 +42,9 @@ IDENTIFIER_COLUMN: Final = 128
 NAME_COLUMN: Final = 256
 # Enough to name what is wrong without answering a huge request with a huge error.
 MAX_VIOLATIONS: Final = 20
+# What NUL becomes in an event's error texts, and the end of a message cut to its limit.
+REPLACEMENT: Final = "\ufffd"
+TRUNCATED: Final = " ... [truncated]"
 
 # Stored in id-width columns: tenants, ids of events, executions and rules.
 _IDENTIFIERS: Final = frozenset(
@@ -95,9 +101,25 @@ def request_violations(
 
 
 def check(message: Message, limits: RequestLimits, *, stream_index: int | None = None) -> None:
+    """Refuse `message` if anything is wrong with it, once its error texts are cleaned."""
+    if isinstance(message, analytics_pb2.IngestEventsRequest):
+        for event in message.batch.events:
+            if event.HasField("error"):
+                clean_error_texts(event.error, limits)
     violations = request_violations(message, limits, stream_index=stream_index)
     if violations:
         raise InvalidArgumentError(violations=tuple(violations))
+
+
+def clean_error_texts(error: events_pb2.Failure, limits: RequestLimits) -> None:
+    """An event's error type and message are cut to their limits (the message with a
+    marker) and NUL becomes U+FFFD, rather than the event refused: they are whatever the
+    action raised, and the failure must count whatever it says."""
+    error.type = error.type.replace("\x00", REPLACEMENT)[: limits.name_length]
+    message = error.message.replace("\x00", REPLACEMENT)
+    if len(message) > limits.text_length:
+        message = message[: max(limits.text_length - len(TRUNCATED), 0)] + TRUNCATED
+    error.message = message[: limits.text_length]
 
 
 def _message_violations(

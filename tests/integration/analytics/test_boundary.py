@@ -7,6 +7,8 @@ Postgres: lengths and NUL characters must be refused the same on both.
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -19,6 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from stepstream.v1 import analytics_pb2, analytics_pb2_grpc, events_pb2
 
+from analytics_service.core.events import ExecutionStatus
 from tests.integration.analytics.wire import to_proto
 from tests.unit.analytics.builders import T0, execution_event, step_event
 
@@ -304,16 +307,6 @@ CASES: dict[str, Case] = {
         "rule.workflow_id",
     ),
     "IngestEvents-event_id_nul": ("IngestEvents", _event(event_id="\x00"), f"{EVENT}.event_id"),
-    "IngestEvents-error_message_nul": (
-        "IngestEvents",
-        _event(error__message="boom\x00"),
-        f"{EVENT}.error.message",
-    ),
-    "IngestEvents-error_type_long": (
-        "IngestEvents",
-        _event(error__type="E" * 257),
-        f"{EVENT}.error.type",
-    ),
     "IngestEvents-execution_id_long": (
         "IngestEvents",
         _event(execution_id="x" * 129),
@@ -399,3 +392,22 @@ async def test_the_extremes_of_the_valid_ranges_are_answered(stub: Stub) -> None
         analytics_pb2.CreateAlertRuleRequest(rule=_rule(window=longest, name="x" * 256))
     )
     assert created.rule.window == longest
+
+
+@pytest.mark.timeout(30)
+async def test_an_events_error_texts_are_cut_and_cleaned_not_refused(stub: Stub) -> None:
+    # Whatever an action raised: the failure must count, whatever its message says.
+    event = to_proto(execution_event("e1", status=ExecutionStatus.FAILED))
+    event.error.type = "Broken\x00" + "E" * 300
+    event.error.message = "boom\x00" + "m" * 100_000
+    request = analytics_pb2.IngestEventsRequest(batch=events_pb2.EventBatch(events=[event]))
+    response = await stub.IngestEvents(iter([request]))
+    assert response.accepted == 1
+    export = stub.ExportCsv(analytics_pb2.ExportCsvRequest(kind=analytics_pb2.FACT_KIND_EXECUTIONS))
+    text = b"".join([chunk.chunk async for chunk in export]).decode()
+    [row] = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert row["error_type"] == ("Broken\ufffd" + "E" * 300)[:256]
+    message = row["error_message"]
+    assert len(message) == 64 * 1024
+    assert message.startswith("boom\ufffdmmm")
+    assert message.endswith("m ... [truncated]")
