@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from engine_service.core.conditions import evaluate_expression
-from engine_service.core.errors import ConditionError, EngineError
+from engine_service.core.conditions import ExpressionTooCostly, evaluate_expression
+from engine_service.core.errors import EngineError, ExpressionError
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,9 @@ async def transform(parameters: Mapping[str, Any], context: ActionContext) -> An
     activation = {**context.activation, "values": parameters.get("values")}
     try:
         return evaluate_expression(expression, activation)
-    except ConditionError as exc:
+    except ExpressionTooCostly as exc:
+        raise ActionError(str(exc), error_type="ExpressionTooCostly", retryable=False) from exc
+    except ExpressionError as exc:
         raise ActionError(str(exc), error_type="TransformError", retryable=False) from exc
 
 

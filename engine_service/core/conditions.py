@@ -14,64 +14,143 @@ import functools
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import cel
 
+from engine_service.core import cel_budget
+from engine_service.core.cel_budget import EXPRESSION_LIMITS, DataTooLarge, Path
+from engine_service.core.cel_syntax import CelSyntaxError, Node, TooDeep, parse, tokenize
 from engine_service.core.errors import ConditionError, ExpressionError
 from engine_service.core.model import JsonValue
 
-# A string literal (skipped, so text inside quotes never counts) or a `steps.<id>` /
-# `steps["<id>"]` selection. Not preceded by `.` or a name character: `inputs.steps.x`
-# is a field of inputs, not a step. Not followed by `(`: `steps.exists(k, ...)` is a
-# macro over the steps, not a step named `exists`.
-_STEP_SELECTION: Final = re.compile(
-    r"""(?P<literal>[rR]?(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'))"""
-    r"""|(?<![\w.])steps\s*(?:\.\s*(?P<dot>[A-Za-z_][A-Za-z0-9_]*)(?![A-Za-z0-9_]|\s*\()"""
-    r"""|\[\s*(?:"(?P<dq>[^"\\]*)"|'(?P<sq>[^'\\]*)')\s*\])"""
-)
 _ERRORS: Final = (KeyError, IndexError, TypeError, ValueError, RuntimeError, ArithmeticError)
+# Characters (and the word `in`) without which no node of a CEL tree has children: their
+# count bounds the depth of the tree the library would build.
+_OPERATOR: Final = re.compile(r"[.\[({+\-*/%<>=!&|?]|\bin\b")
+
+
+class ExpressionTooCostly(ExpressionError):
+    """Evaluating the expression could cost more than the budget: it was not run."""
+
+
+class ConditionTooCostly(ConditionError, ExpressionTooCostly):
+    """A condition over the budget: its step fails with this type."""
+
+
+class ExpressionRefused(ValueError):
+    """Not an expression the engine will hand to the CEL library; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    tree: Node
+    paths: Mapping[str, frozenset[Path]]
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(expression: str) -> Any:
+def _analysed(expression: str) -> Analysis:
+    """Checked once per distinct expression, in linear time, before the library sees it:
+    length, nesting (the library crashes on deep trees), syntax, the literals' cost."""
+    limits = EXPRESSION_LIMITS
+    if len(expression) > limits.max_length:
+        raise ExpressionRefused(
+            f"{len(expression)} characters, over the limit of {limits.max_length}"
+        )
+    try:
+        tree = parse(expression, max_depth=limits.max_depth)
+    except TooDeep as exc:
+        raise ExpressionRefused(str(exc)) from exc
+    except CelSyntaxError as exc:
+        if len(_OPERATOR.findall(expression)) < limits.max_depth:
+            _program(expression)  # shallow enough for the library: its message is better
+        raise ExpressionRefused(f"invalid CEL: {exc}") from exc
+    _program(expression)
+    static = cel_budget.static_cost(tree)
+    if static > limits.budget:
+        raise ExpressionRefused(
+            f"evaluating it costs at least {static} units, over the budget of "
+            f"{limits.budget} (about 5 ms): iterate over fewer or shorter literals"
+        )
+    return Analysis(tree, cel_budget.paths(tree))
+
+
+@functools.lru_cache(maxsize=1024)
+def _program(expression: str) -> Any:
     """Compile once per distinct expression: conditions are evaluated for every execution."""
-    return cel.compile(expression)
+    try:
+        return cel.compile(expression)
+    except ValueError as exc:
+        raise ExpressionRefused(f"invalid CEL: {exc}") from exc
+    except BaseException as exc:  # the library's panics derive from BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ExpressionRefused(f"invalid CEL: the CEL library failed on it: {exc}") from exc
 
 
 def compile_condition(expression: str) -> str | None:
-    """None when `expression` is valid CEL (or empty, meaning true), else the parser's error."""
+    """None when `expression` is valid CEL within the limits (or empty, meaning true),
+    else why not."""
     if not expression.strip():
         return None
     try:
-        _compiled(expression)
-    except ValueError as exc:
+        _analysed(expression)
+    except ExpressionRefused as exc:
         return str(exc)
     return None
 
 
 def referenced_steps(expression: str) -> frozenset[str]:
-    """Step ids the expression selects from `steps` (`steps.a`, `steps["a-b"]`).
+    """Step ids the expression selects from `steps` by name (`steps.a`, `steps["a-b"]`).
 
     CEL's own analysis only reports the root variable `steps`, not which step, so the
-    source is scanned, skipping string literals. Used to reject references to steps that
-    are not upstream.
+    tokens are read (string literals are single tokens, so text inside quotes never
+    counts). `inputs.steps.x` is a field of inputs; `steps.exists(k, ...)` is a macro
+    over the steps and `steps[k]` a computed index, neither names a step. Used to reject
+    references to steps that are not upstream.
     """
+    try:
+        tokens = tokenize(expression)
+    except CelSyntaxError:
+        return frozenset()
     found: set[str] = set()
-    for match in _STEP_SELECTION.finditer(expression):
-        step_id = match.group("dot") or match.group("dq") or match.group("sq")
-        if step_id:
-            found.add(step_id)
+    for index, (kind, text) in enumerate(tokens[:-1]):
+        if kind != "ident" or text != "steps" or (index and tokens[index - 1][1] == "."):
+            continue
+        following = [token[1] for token in tokens[index + 1 : index + 4]]
+        if following[0] == "." and tokens[index + 2][0] == "ident" and following[2] != "(":
+            found.add(following[1])
+        elif following[0] == "[" and tokens[index + 2][0] == "str" and following[2] == "]":
+            key = cel_budget.string_key(tokens[index + 2][1])
+            if key is not None:
+                found.add(key)
     return frozenset(found)
 
 
-def _execute(expression: str, activation: Mapping[str, Any], error: type[ExpressionError]) -> Any:
+def _execute(
+    expression: str,
+    activation: Mapping[str, Any],
+    error: type[ExpressionError],
+    too_costly: type[ExpressionTooCostly],
+) -> Any:
     try:
-        program = _compiled(expression)
-    except ValueError as exc:
-        raise error(expression=expression, reason=f"invalid CEL: {exc}") from exc
+        analysis = _analysed(expression)
+    except ExpressionRefused as exc:
+        raise error(expression=expression, reason=str(exc)) from exc
+    budget = EXPRESSION_LIMITS.budget
     try:
-        return program.execute(dict(activation))
+        units, data = cel_budget.bounded_activation(
+            analysis.tree, analysis.paths, activation, budget
+        )
+    except DataTooLarge as exc:
+        reason = f"the data it reads is {exc}, over the budget of {budget} units"
+        raise too_costly(expression=expression, reason=reason) from exc
+    if units > budget:
+        reason = f"evaluating it could cost {units} units, over the budget of {budget} (about 5 ms)"
+        raise too_costly(expression=expression, reason=reason)
+    try:
+        return _program(expression).execute(data)
     except KeyError as exc:
         raise error(expression=expression, reason=f"no such key: {exc.args[0]!r}") from exc
     except _ERRORS as exc:
@@ -86,7 +165,7 @@ def evaluate_condition(expression: str, activation: Mapping[str, Any]) -> bool:
     """
     if not expression.strip():
         return True
-    result = _execute(expression, activation, ConditionError)
+    result = _execute(expression, activation, ConditionError, ConditionTooCostly)
     if not isinstance(result, bool):
         raise ConditionError(
             expression=expression,
@@ -97,7 +176,7 @@ def evaluate_condition(expression: str, activation: Mapping[str, Any]) -> bool:
 
 def evaluate_expression(expression: str, activation: Mapping[str, Any]) -> JsonValue:
     """The value of a CEL expression as plain JSON (for `transform`)."""
-    result = _execute(expression, activation, ExpressionError)
+    result = _execute(expression, activation, ExpressionError, ExpressionTooCostly)
     try:
         return to_json(result)
     except (TypeError, ValueError) as exc:

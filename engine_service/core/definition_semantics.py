@@ -155,7 +155,7 @@ class SemanticParser:
         condition = connection.get("condition", "")
         error = compile_condition(condition)
         if error is not None:
-            self.problem(f"{base}.condition", f"invalid CEL: {error}")
+            self.problem(f"{base}.condition", error)
         known = True
         for end in ("source", "target"):
             if connection[end] not in node_ids:
@@ -297,14 +297,16 @@ class SemanticParser:
         known = frozenset(deps)
         for raw, step in zip(raw_steps, steps, strict=True):
             scope = _Scope(step.id, upstream_of(step.id), known)
-            self._check_parameters(f"{raw.path}.parameters", step.parameters, scope, False)
+            calls = [(f"{raw.path}.parameters", ActionCall(step.action, step.parameters))]
             if step.compensate is not None:
-                # Compensation undoes this step, so it may read this step's own output.
-                base = f"{raw.path}.compensate.parameters"
-                self._check_parameters(base, step.compensate.parameters, scope, True)
+                calls.append((f"{raw.path}.compensate.parameters", step.compensate))
             if step.fallback is not None:
-                base = f"{raw.path}.fallback.parameters"
-                self._check_parameters(base, step.fallback.parameters, scope, False)
+                calls.append((f"{raw.path}.fallback.parameters", step.fallback))
+            for base, call in calls:
+                # Compensation undoes this step, so it may read this step's own output.
+                allow_self = base.endswith(".compensate.parameters")
+                self._check_parameters(base, call.parameters, scope, allow_self)
+                self._check_transform(base, call, scope, allow_self)
             self._check_expression(f"{raw.path}.when", step.when, scope, report_syntax=True)
             for dependency in raw.dependencies:
                 self._check_expression(
@@ -326,16 +328,34 @@ class SemanticParser:
                 if message is not None:
                     self.problem(path, f"{reference}: {message}")
 
+    def _check_transform(
+        self, base: str, call: ActionCall, scope: _Scope, allow_self: bool
+    ) -> None:
+        """A `transform` whose expression is written out is checked as a condition is;
+        one built from references is checked when it runs."""
+        expression = call.parameters.get("expression")
+        if call.action == "transform" and isinstance(expression, str) and "${" not in expression:
+            path = f"{base}.expression"
+            self._check_expression(
+                path, expression, scope, report_syntax=True, allow_self=allow_self
+            )
+
     def _check_expression(
-        self, path: str, expression: str, scope: _Scope, *, report_syntax: bool
+        self,
+        path: str,
+        expression: str,
+        scope: _Scope,
+        *,
+        report_syntax: bool,
+        allow_self: bool = False,
     ) -> None:
         error = compile_condition(expression)
         if error is not None:
             if report_syntax:
-                self.problem(path, f"invalid CEL: {error}")
+                self.problem(path, error)
             return
         for step_id in sorted(referenced_steps(expression)):
-            message = _step_reference_problem(step_id, scope, allow_self=False)
+            message = _step_reference_problem(step_id, scope, allow_self)
             if message is not None:
                 self.problem(path, f"steps.{step_id}: {message}{_dash_hint(step_id, scope)}")
 

@@ -111,7 +111,8 @@ class StepDecisions:
             if step.when and not evaluate_condition(step.when, activation):
                 return SettleStep(SS.SKIPPED)
         except ConditionError as exc:
-            return SettleStep(SS.FAILED, Failure("ConditionError", str(exc)))
+            # ConditionError, or ConditionTooCostly for one over the evaluation budget.
+            return SettleStep(SS.FAILED, Failure(type(exc).__name__, str(exc)))
         return self.resolve(state, step.parameters, step.input_schema)
 
     def _any_upstream_taken(
