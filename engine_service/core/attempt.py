@@ -28,6 +28,8 @@ from engine_service.core.step_decisions import (
 log = logging.getLogger(__name__)
 
 SS = StepStatus
+# The error type of an attempt that ran past the step's timeout (status TIMED_OUT).
+ATTEMPT_TIMEOUT_ERROR = "TimeoutError"
 # The default bound on one attempt's output, in bytes of compact JSON. An output travels
 # in events to watchers and to analytics (whose requests are at most 4 MiB): in protobuf a
 # number-dense JSON output grows up to about 5.5 times, so this keeps any one event well
@@ -53,7 +55,7 @@ async def invoke_action(
         async with asyncio.timeout(step.timeout):
             output = await action(run.parameters, context)
     except TimeoutError:
-        failure = Failure("TimeoutError", f"attempt exceeded {step.timeout}s")
+        failure = Failure(ATTEMPT_TIMEOUT_ERROR, f"attempt exceeded {step.timeout}s")
         retryable = is_retryable(step.retry, failure.type, True)
         return failed_outcome(SS.TIMED_OUT, failure, retryable=retryable, started=started)
     except UnknownAction as exc:

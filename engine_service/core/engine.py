@@ -387,7 +387,9 @@ class Engine:
 
     async def cancel_descendant(self, execution_id: str, reason: str) -> None:
         """Store a cancel for a child execution and apply it here if this process drives
-        it; returns without waiting for it to end."""
+        it; returns without waiting for it to end. Nothing for one that already ended."""
+        if (await self.store.get_execution(execution_id)).status.is_terminal:
+            return
         command = self._commands.command(execution_id, CommandKind.CANCEL, reason=reason)
         await self.store.add_command(command)
         runner = self._runners.get(execution_id)

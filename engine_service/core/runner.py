@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from engine_service.core.actions import ActionContext
-from engine_service.core.attempt import invoke_action
+from engine_service.core.attempt import ATTEMPT_TIMEOUT_ERROR, invoke_action
 from engine_service.core.errors import IllegalTransition
 from engine_service.core.execution_events import ExecutionEvents
 from engine_service.core.model import FailurePolicy, StepDefinition, WorkflowDefinition
@@ -67,8 +67,6 @@ class ExecutionRunner:
         self._decisions = StepDecisions(definition, engine.secrets)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._open_steps = list(definition.steps)
-        # Steps whose running attempt the previous engine lost: when that attempt started.
-        self._lost_attempts: dict[str, datetime] = {}
         # The child execution each step's current attempt or handler started (the
         # `workflow` action), by (step id, handler; "" for an attempt).
         self._children: dict[tuple[str, str], str] = {}
@@ -82,6 +80,7 @@ class ExecutionRunner:
         # An unexpected error in a step task: the runner stops, as if the process had died.
         self._crash: BaseException | None = None
         self.finished = asyncio.Event()
+        self._last_write: asyncio.Future[None] | None = None
         # The epoch of this process's lease on the run: every write carries it (fencing).
         self._epoch = engine.leases.epoch(state.id)
         if state.status is not ES.PAUSED:
@@ -329,6 +328,7 @@ class ExecutionRunner:
                 break
             delay = backoff_delay(step.retry, attempt, self._engine.rng)
             await self._commit_retrying(step, attempt, outcome, delay)
+            await self._cancel_timed_out_child(step.id)
             await asyncio.sleep(delay)
         await self._finish_attempts(step, attempt, outcome)
 
@@ -343,9 +343,9 @@ class ExecutionRunner:
             await self._running_gate.wait()
             await self._engine.leases.until_fresh(self._state.id)
             async with self._slot(step.action):
-                run = await self._start_attempt(step, decided, attempt)
-                if run is not None:
-                    outcome = await self._run_attempt(step, run, attempt)
+                start = await self._start_attempt(step, decided, attempt)
+                if start is not None:
+                    outcome = await self._run_attempt(step, start, attempt)
                     if outcome.status is SS.COMPLETED:
                         await self._commit_pipelined([self._finished_event(step, attempt, outcome)])
                     return outcome
@@ -353,16 +353,25 @@ class ExecutionRunner:
                 return None
 
     async def _run_attempt(
-        self, step: StepDefinition, run: RunStep | SettleStep, attempt: int
+        self, step: StepDefinition, start: _Start, attempt: int
     ) -> AttemptOutcome:
+        run = start.run
         if isinstance(run, SettleStep):  # the inputs changed since the step was decided
             return AttemptOutcome(SS.FAILED, error=run.error or missing_input_failure(run))
-        outcome = await self._invoke(step, step.action, run, attempt, step.output_schema)
-        child = self._children.get((step.id, ""))
-        if outcome.status is SS.TIMED_OUT and child:
-            # A timed-out attempt's child must not run on beside the next attempt.
-            await self._engine.cancel_descendant(child, "the parent step timed out")
-        return outcome
+        context = self._action_context(step, attempt, "", start.lost_attempt_started)
+        actions = self._engine.actions
+        return await invoke_action(actions, step.action, step, run, context, step.output_schema)
+
+    async def _cancel_timed_out_child(self, step_id: str) -> None:
+        """A timed-out attempt's child must not run on beside the next attempt. Called
+        once the TIMED_OUT is durable (and again on recovery), so the child is never
+        cancelled for a cause the history does not show."""
+        step = self._state.steps[step_id]
+        timed_out = step.error is not None and step.error.type == ATTEMPT_TIMEOUT_ERROR
+        if timed_out and step.child_execution_id:
+            await self._engine.cancel_descendant(
+                step.child_execution_id, "the parent step timed out"
+            )
 
     def _slot(self, action: str) -> contextlib.AbstractAsyncContextManager[Any]:
         """An engine-wide step slot, unless the action only waits for the engine itself."""
@@ -385,7 +394,7 @@ class ExecutionRunner:
 
     async def _start_attempt(
         self, step: StepDefinition, decided: _Decided, attempt: int
-    ) -> RunStep | SettleStep | None:
+    ) -> _Start | None:
         """Commit RUNNING if the run is RUNNING and not ending, atomically with the check;
         the parameters as the run's inputs are now (a resume may have changed them since
         the step was decided), or None if the attempt may not start."""
@@ -397,11 +406,12 @@ class ExecutionRunner:
             run: RunStep | SettleStep | None = decided.run
             if run is None or decided.inputs is not self._state.inputs:
                 run = self._decisions.resolve(self._state, step.parameters, step.input_schema)
+            lost_started = _lost_attempt_started(self._state.steps[step.id])
             write = self._stage(
                 [self._events.step_event(self._state, step.id, SS.RUNNING, attempt=attempt)]
             )
         await _durable(write)  # the action starts only once RUNNING is durable
-        return run
+        return _Start(run, lost_started)
 
     async def _invoke(
         self,
@@ -419,7 +429,13 @@ class ExecutionRunner:
             actions, action_name, step, run, context, output_schema, max_output_bytes=limit
         )
 
-    def _action_context(self, step: StepDefinition, attempt: int, handler: str) -> ActionContext:
+    def _action_context(
+        self,
+        step: StepDefinition,
+        attempt: int,
+        handler: str,
+        lost_attempt_started: datetime | None = None,
+    ) -> ActionContext:
         return ActionContext(
             execution_id=self._state.id,
             step_id=step.id,
@@ -429,7 +445,7 @@ class ExecutionRunner:
             activation=self._decisions.lazy_activation(
                 self._state, step.id, with_self=handler == COMPENSATION
             ),
-            lost_attempt_started=None if handler else self._lost_attempts.pop(step.id, None),
+            lost_attempt_started=lost_attempt_started,
             child_started=functools.partial(self._children.__setitem__, (step.id, handler)),
             handler=handler,
         )
@@ -461,6 +477,7 @@ class ExecutionRunner:
                 # In the same lock hold as the FAILED: no attempt starts after it.
                 self._after_final_failure(step.id)
         await _durable(write)
+        await self._cancel_timed_out_child(step.id)
         if step.fallback is not None:
             await self._run_fallback(step)
 
@@ -525,9 +542,12 @@ class ExecutionRunner:
             if current.status is SS.RUNNING:
                 await self._recover_lost_attempt(step, current)
             elif current.status is SS.RETRYING:
+                await self._cancel_timed_out_child(step.id)
                 self._launch(step, self._drive_step(step))
-            elif current.status in FAILED_STEP_STATUSES and not self._failed_for_good(step):
-                self._launch(step, self._run_fallback(step))
+            elif current.status in FAILED_STEP_STATUSES:
+                await self._cancel_timed_out_child(step.id)
+                if not self._failed_for_good(step):
+                    self._launch(step, self._run_fallback(step))
 
     async def _recover_lost_attempt(self, step: StepDefinition, current: StepState) -> None:
         """The attempt that was running when the engine died runs again, at once.
@@ -544,8 +564,6 @@ class ExecutionRunner:
         if current.lost_attempts >= self._engine.config.max_lost_attempts:
             self._launch(step, self._finish_attempts(step, current.attempt, lost))
             return
-        if current.started_at is not None:
-            self._lost_attempts[step.id] = current.started_at
         await self._commit_retrying(step, current.attempt, lost, 0.0)
         self._launch(step, self._drive_step(step))
 
@@ -593,6 +611,10 @@ class ExecutionRunner:
 
     async def _stop_steps_and_children(self, reason: str) -> None:
         await self._cancel_tasks()
+        # Cancelling children acts outside this run's ordered writes: only once what
+        # decided the ending is durable (a failed write stops the run here instead).
+        if self._last_write is not None:
+            await _durable(self._last_write)
         await self._engine.cancel_children(self._state.id, reason)
 
     def _unsettled_cancelled(self) -> list[ExecutionEvent]:
@@ -676,6 +698,7 @@ class ExecutionRunner:
         )
         write = asyncio.ensure_future(written)
         write.add_done_callback(functools.partial(self._written, state, numbered))
+        self._last_write = write
         return write
 
     def _written(
@@ -707,6 +730,22 @@ class ExecutionRunner:
             duration=outcome.duration,
             child_execution_id=self._children.pop((step.id, ""), ""),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """An attempt allowed to start: its parameters (or why they no longer resolve), and
+    when the attempt it re-runs started if that one was lost to a stop."""
+
+    run: RunStep | SettleStep
+    lost_attempt_started: datetime | None
+
+
+def _lost_attempt_started(step: StepState) -> datetime | None:
+    """When the step's previous attempt started, if a stop lost it: read from the
+    committed state, so whichever process re-runs it can take over what it left."""
+    lost = step.error is not None and step.error.type == LOST_ATTEMPT_ERROR
+    return step.started_at if step.status is SS.RETRYING and lost else None
 
 
 @dataclass(frozen=True, slots=True)

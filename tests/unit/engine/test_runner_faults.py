@@ -565,3 +565,83 @@ async def test_an_accepted_cancel_survives_a_runner_that_died_on_an_unexpected_e
     assert answer.status is ES.CANCELLED
     assert (await store.get_execution(state.id)).status is ES.CANCELLED
     assert probe.attempts("ship") == []
+
+
+# ---- found by the fault simulator -----------------------------------------------------
+
+
+class FailsOneWrite(InMemoryStore):
+    """Fails the first append (once `armed`) with `step_id` reaching `status`."""
+
+    def __init__(self, step_id: str, status: StepStatus) -> None:
+        super().__init__()
+        self.step_id, self.status = step_id, status
+        self.armed = False
+
+    async def append(
+        self, state: ExecutionState, events: Sequence[ExecutionEvent], *, epoch: int = 0
+    ) -> None:
+        hit = any(e.step_id == self.step_id and e.step_status is self.status for e in events)
+        if self.armed and hit:
+            self.armed = False
+            raise StorageError("the process died before this write")
+        await super().append(state, events, epoch=epoch)
+
+
+SLOW_CHILD = {
+    "id": "child",
+    "steps": [{"id": "wait", "action": "probe", "parameters": {"seconds": 10}}],
+}
+
+
+async def test_a_lost_attempts_child_is_taken_over_by_whichever_process_reruns_it(
+    engines: EngineFactory,
+) -> None:
+    """Sim seed 142: the process that recorded the lost attempt died before re-running it;
+    the next one must still take over the lost attempt's child, not start a second."""
+    store = FailsOneWrite("sub", SS.RUNNING)
+    first = engines(store)
+    await first.register_workflow(SLOW_CHILD, TENANT)
+    parent = await start(first, PARENT)
+    await asyncio.sleep(1)
+    await first.stop()
+    store.armed = True  # the recovering process records the lost attempt, then dies
+    second = engines(store)
+    await second.start()
+    await settle()
+    assert (await store.get_execution(parent.id)).steps["sub"].status is SS.RETRYING
+    await second.stop()
+    third = engines(store)
+    await third.start()
+    final = await third.wait_for(parent.id)
+    assert final.status is ES.COMPLETED
+    children = await children_of(third, parent.id)
+    assert len(children) == 1
+    assert final.steps["sub"].child_execution_id == children[0].id
+
+
+async def test_a_timed_out_attempts_child_is_cancelled_only_once_the_timeout_is_durable(
+    engines: EngineFactory,
+) -> None:
+    """Sim seed 1971: cancelling the child before the attempt's TIMED_OUT was stored left a
+    cancelled child for a cause the history did not show."""
+    store = FailsOneWrite("sub", SS.TIMED_OUT)
+    store.armed = True
+    engine = engines(store)
+    await engine.register_workflow(SLOW_CHILD, TENANT)
+    definition = {
+        "id": "parent",
+        "steps": [
+            {
+                "id": "sub",
+                "action": "workflow",
+                "timeout": "2s",
+                "parameters": {"workflow_id": "child"},
+            }
+        ],
+    }
+    parent = await start(engine, definition)
+    await asyncio.sleep(2.5)
+    assert not store.armed  # the TIMED_OUT write failed
+    (child,) = await children_of(engine, parent.id)
+    assert (await store.get_execution(child.id)).status is ES.RUNNING
