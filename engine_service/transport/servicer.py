@@ -65,10 +65,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     ) -> engine_pb2.ListWorkflowsResponse:
         query = workflow_query(request, self._tenancy.named(request.tenant, context))
         page = await self._engine.list_workflows(query)
-        return engine_pb2.ListWorkflowsResponse(
-            workflows=await responses.definitions(page.items),
-            next_page_token=page.next_page_token,
-        )
+        items, token = await responses.definition_page(page, request.page_token)
+        return engine_pb2.ListWorkflowsResponse(workflows=items, next_page_token=token)
 
     async def ValidateWorkflow(
         self, request: engine_pb2.ValidateWorkflowRequest, context: Context
@@ -129,10 +127,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     ) -> engine_pb2.ListExecutionsResponse:
         query = execution_query(request, self._tenancy.named(request.tenant, context))
         page = await self._engine.list_executions(query)
-        return engine_pb2.ListExecutionsResponse(
-            executions=await responses.executions(page.items),
-            next_page_token=page.next_page_token,
-        )
+        items, token = await responses.execution_page(page, request.page_token)
+        return engine_pb2.ListExecutionsResponse(executions=items, next_page_token=token)
 
     async def CancelExecution(
         self, request: engine_pb2.CancelExecutionRequest, context: Context
@@ -228,10 +224,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     ) -> engine_pb2.ListSchedulesResponse:
         query = schedule_query(request, self._tenancy.named(request.tenant, context))
         page = await self._schedules.list(query)
-        return engine_pb2.ListSchedulesResponse(
-            schedules=await responses.schedules(page.items),
-            next_page_token=page.next_page_token,
-        )
+        items, token = await responses.schedule_page(page, request.page_token)
+        return engine_pb2.ListSchedulesResponse(schedules=items, next_page_token=token)
 
     async def UpdateSchedule(
         self, request: engine_pb2.UpdateScheduleRequest, context: Context

@@ -7,6 +7,7 @@ the event loop they would hold every other call and the health checks that long.
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
 
 from google.protobuf import struct_pb2
 from stepstream.v1 import engine_pb2
@@ -14,7 +15,14 @@ from stepstream.v1 import engine_pb2
 from engine_service.transport import responses
 from engine_service.transport.mapping import OFF_LOOP_BYTES
 from tests.integration.engine.conftest import Harness
-from tests.integration.engine.helpers import chain, execution_status, register, run_to_end, struct
+from tests.integration.engine.helpers import (
+    WAIT_SECONDS,
+    chain,
+    execution_status,
+    register,
+    run_to_end,
+    struct,
+)
 
 
 async def test_a_large_payload_is_converted_on_a_worker_thread() -> None:
@@ -41,3 +49,36 @@ async def test_large_inputs_and_outputs_arrive_whole(harness: Harness) -> None:
     received = found.inputs["numbers"]
     assert isinstance(received, struct_pb2.ListValue)
     assert list(received) == numbers
+
+
+async def test_a_page_of_large_items_ends_early_and_every_item_is_listed_once(
+    harness: Harness,
+) -> None:
+    # 24 schedules and executions of 700 KB inputs each: one page of them was larger than
+    # the 16 MiB a response may be, so the list could not be read at all.
+    await register(harness.stub, chain("large", "noop"))
+    inputs = struct({"text": "x" * 700_000})
+    expected = []
+    for _ in range(24):
+        created = await harness.stub.CreateSchedule(
+            engine_pb2.CreateScheduleRequest(
+                schedule=engine_pb2.Schedule(workflow_id="large", cron="0 0 1 1 *", inputs=inputs)
+            )
+        )
+        expected.append(created.schedule.id)
+    pages = [page async for page in _schedule_pages(harness)]
+    assert len(pages) > 1
+    assert sorted(s.id for page in pages for s in page) == sorted(expected)
+
+
+async def _schedule_pages(harness: Harness) -> AsyncIterator[list[engine_pb2.Schedule]]:
+    token = ""
+    for _ in range(100):
+        response = await harness.stub.ListSchedules(
+            engine_pb2.ListSchedulesRequest(page_token=token), timeout=WAIT_SECONDS
+        )
+        yield list(response.schedules)
+        token = response.next_page_token
+        if not token:
+            return
+    raise AssertionError("paging never ended")
