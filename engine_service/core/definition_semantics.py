@@ -10,10 +10,7 @@ import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
-
-import jsonschema
-from jsonschema.validators import validator_for
+from typing import TYPE_CHECKING, Any
 
 from engine_service.core import graph
 from engine_service.core.conditions import compile_condition, referenced_steps
@@ -27,6 +24,7 @@ from engine_service.core.definition_format import (
     parse_jitter_mode,
 )
 from engine_service.core.errors import DefinitionInvalid, InvalidReference, Problem
+from engine_service.core.json_schemas import schema_problem
 from engine_service.core.model import (
     DEFAULT_TENANT,
     ActionCall,
@@ -279,7 +277,7 @@ class SemanticParser:
         if key not in data:
             return None
         schema: JsonObject = data[key]
-        found = _schema_problem(schema)
+        found = schema_problem(schema)
         if found is not None:
             where, message = found
             self.problem(format_path(path, key, *where), message)
@@ -419,32 +417,6 @@ def _upstream_lookup(
     if acyclic:
         return graph.upstream_sets(ids, deps).__getitem__
     return functools.cache(lambda step_id: graph.upstream(step_id, deps))
-
-
-_KNOWN_DRAFTS: Final = frozenset(
-    str(cls.META_SCHEMA.get("$id", cls.META_SCHEMA.get("id", ""))).rstrip("#")
-    for cls in (
-        jsonschema.Draft4Validator,
-        jsonschema.Draft6Validator,
-        jsonschema.Draft7Validator,
-        jsonschema.Draft201909Validator,
-        jsonschema.Draft202012Validator,
-    )
-)
-
-
-def _schema_problem(schema: JsonObject) -> tuple[tuple[str | int, ...], str] | None:
-    """Where and why `schema` is not a valid JSON Schema of the draft it names."""
-    declared = schema.get("$schema")
-    if declared is not None and (
-        not isinstance(declared, str) or declared.rstrip("#") not in _KNOWN_DRAFTS
-    ):
-        return ("$schema",), f"unsupported JSON Schema draft {declared!r}"
-    try:
-        validator_for(schema).check_schema(dict(schema))
-    except jsonschema.SchemaError as exc:
-        return tuple(exc.absolute_path), f"invalid JSON Schema: {exc.message}"
-    return None
 
 
 def _action_call(data: Mapping[str, Any] | None) -> ActionCall | None:

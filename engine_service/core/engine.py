@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import jsonschema
-
+from engine_service.core import json_schemas
 from engine_service.core.actions import ActionContext, ActionError, ActionRegistry, builtin_actions
 from engine_service.core.attempt import MAX_OUTPUT_BYTES
 from engine_service.core.bus import EventBus
@@ -619,10 +618,9 @@ def _with_all_steps(state: ExecutionState, definition: WorkflowDefinition) -> Ex
 def _check_inputs(inputs: Mapping[str, Any], schema: Mapping[str, Any] | None) -> None:
     if not schema:
         return
-    validator = jsonschema.validators.validator_for(schema)(schema)
     problems = [
         Problem(".".join(["inputs", *(str(p) for p in error.absolute_path)]), error.message)
-        for error in validator.iter_errors(dict(inputs))
+        for error in json_schemas.validation_errors(dict(inputs), schema)
     ]
     if problems:
         raise InvalidArgument(problems=problems)

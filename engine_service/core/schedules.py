@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import jsonschema
 from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
 
+from engine_service.core import json_schemas
 from engine_service.core.errors import InvalidArgument, Problem
 
 # No time zone moves its clocks by more than this at once, so a window this wide around a
@@ -153,10 +153,9 @@ def check_inputs(
     """The fixed inputs must satisfy the workflow's input schema, or every run would fail."""
     if not schema:
         return
-    validator = jsonschema.validators.validator_for(schema)(schema)
     problems = [
         Problem(".".join([path, *(str(p) for p in error.absolute_path)]), error.message)
-        for error in validator.iter_errors(dict(inputs))
+        for error in json_schemas.validation_errors(dict(inputs), schema)
     ]
     if problems:
         raise InvalidArgument(problems=problems)

@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema
 
-from engine_service.core import graph, references
+from engine_service.core import graph, json_schemas, references
 from engine_service.core.conditions import evaluate_condition
 from engine_service.core.errors import ConditionError
 from engine_service.core.model import FailurePolicy, StepDefinition, WorkflowDefinition
@@ -204,9 +204,7 @@ def missing_input_failure(decision: SettleStep) -> Failure:
 def schema_problem(value: Any, schema: Mapping[str, Any] | None) -> str | None:
     if not schema:
         return None
-    error = jsonschema.exceptions.best_match(
-        jsonschema.validators.validator_for(schema)(schema).iter_errors(value)
-    )
+    error = jsonschema.exceptions.best_match(json_schemas.validation_errors(value, schema))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path)

@@ -16,7 +16,7 @@ from grpc import aio
 from stepstream.v1 import engine_pb2, engine_pb2_grpc
 
 from tests.e2e.engine.processes import EngineProcess, launch
-from tests.integration.engine.helpers import bad_fields, bounded, definition, rpc_error
+from tests.integration.engine.helpers import bad_fields, bounded, definition, rpc_error, struct
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,7 +63,7 @@ def _workflow(step: dict[str, Any]) -> dict[str, Any]:
     return {"id": "hostile", "steps": [{"id": "a", "action": "noop"}, hostile]}
 
 
-async def test_hostile_expressions_are_refused_and_the_engine_lives_on(
+async def test_hostile_definitions_and_inputs_are_refused_and_the_engine_lives_on(
     engine_process: EngineProcess,
 ) -> None:
     async with aio.insecure_channel(engine_process.target) as channel:
@@ -79,9 +79,32 @@ async def test_hostile_expressions_are_refused_and_the_engine_lives_on(
                 stub.RegisterWorkflow(engine_pb2.RegisterWorkflowRequest(definition=hostile))
             )
             assert bad_fields(error) == [field], name
-        fine = definition(_workflow({"when": "true"}))
-        registered = await bounded(
-            stub.RegisterWorkflow(engine_pb2.RegisterWorkflowRequest(definition=fine))
-        )
-        assert registered.workflow.version == 1
+        await _regex_schemas(stub)
     assert engine_process.process.returncode is None
+
+
+async def _regex_schemas(stub: engine_pb2_grpc.EngineServiceStub) -> None:
+    """A pattern RE2 cannot run is refused; one Python's `re` would backtrack on for
+    ever (2**64 steps) answers at once."""
+    backreference = {**_workflow({}), "input_schema": _schema("(a)\\1")}
+    error = await rpc_error(
+        stub.RegisterWorkflow(
+            engine_pb2.RegisterWorkflowRequest(definition=definition(backreference))
+        )
+    )
+    assert bad_fields(error) == ["input_schema.properties.x.pattern"]
+    catastrophic = {**_workflow({}), "input_schema": _schema("^(a+)+$")}
+    await bounded(
+        stub.RegisterWorkflow(
+            engine_pb2.RegisterWorkflowRequest(definition=definition(catastrophic))
+        )
+    )
+    inputs = struct({"x": "a" * 64 + "!"})
+    error = await rpc_error(
+        stub.StartExecution(engine_pb2.StartExecutionRequest(workflow_id="hostile", inputs=inputs))
+    )
+    assert bad_fields(error) == ["inputs.x"]
+
+
+def _schema(pattern: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"x": {"type": "string", "pattern": pattern}}}
