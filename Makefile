@@ -36,9 +36,13 @@ test: install-dev
 ## The fuzz tier at soak size: 100,000 generated requests against both services on SQLite
 ## and Postgres (set STEPSTREAM_FUZZ_REQUESTS for another count, STEPSTREAM_FUZZ_SEED to
 ## replay a run). CI runs the same tier at 5,600.
+## Then the process faults at full size: 100 executions, five kill -9 of the engine,
+## Postgres stopped 10 s, analytics down for the middle third; prints the figures
+## (CI runs 30 executions, two kills, 3 s).
 soak: install-dev
 	STEPSTREAM_FUZZ_REQUESTS=$${STEPSTREAM_FUZZ_REQUESTS:-100000} \
 	  $(BIN)/pytest tests/fuzz -q -p no:cacheprovider
+	STEPSTREAM_SOAK=1 $(BIN)/pytest tests/e2e/pipeline/test_process_faults.py -q -s -p no:cacheprovider
 
 ## Regenerate the committed stubs from protos/ with the pinned generators.
 protos: install-dev

@@ -24,9 +24,10 @@ from tests.private_postgres import PrivatePostgres
 
 ENGINE_SETTINGS = {
     "instance_id": "soak-engine",
-    # Short leases: a restarted engine takes its runs back within ~4 s. (Shorter ones
-    # expire while a loaded machine starves a starting engine's event loop.)
-    "lease_seconds": "4",
+    # Short leases, so a restarted engine takes its runs back within ~8 s. Not shorter:
+    # on a loaded 2-core machine a claim of 100 runs takes 1-3 s and renewals then fall
+    # behind (see /work/notes/soak_findings.md #2).
+    "lease_seconds": "8",
     "lease_interval_seconds": "0.5",
     "max_lost_attempts": str(MAX_LOST_ATTEMPTS),
 }
@@ -43,6 +44,8 @@ class Figures:
     restart_seconds: list[float] = field(default_factory=list)
     database_down_seconds: float = 0.0
     analytics_down: tuple[float, float] = (0.0, 0.0)
+    # Events the relay held when analytics came back.
+    backlog_at_analytics_return: int = 0
     # Executions not yet ended at each fault: every fault must land mid-run.
     unfinished_at: dict[str, int] = field(default_factory=dict)
 
@@ -116,6 +119,13 @@ class Rig:
     async def backlog(self) -> int:
         return await self.scalar("SELECT count(*) FROM execution_events WHERE delivered_at IS NULL")
 
+    async def set_aside(self) -> int:
+        """Events the relay set aside as refused for good: none of these may be."""
+        return await self.scalar(
+            "SELECT CASE WHEN to_regclass('outbox_dead_letters') IS NULL THEN 0"
+            " ELSE (SELECT count(*) FROM outbox_dead_letters) END"
+        )
+
     async def sequence_violations(self) -> list[str]:
         connection = await asyncpg.connect(self.engine_dsn, timeout=10)
         try:
@@ -169,6 +179,7 @@ class Rig:
         await self.analytics.stop()
         await _until(began + up_at)
         async with self.database_in_use:
+            self.figures.backlog_at_analytics_return = await self.backlog()
             await self.analytics.start(start_within=START_WITHIN_SECONDS)
         self.figures.analytics_down = (stopped - began, time.monotonic() - began)
 

@@ -15,6 +15,7 @@ executions, five kills, Postgres down 10 s. The figures are printed (`-s` to see
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -41,6 +42,14 @@ from tests.private_postgres import PrivatePostgres
 
 pytestmark = pytest.mark.e2e
 SIZE = chosen_size()
+# A known bug, open at the time of writing (/work/notes/soak_findings.md #1): when it is
+# the only problem found the test is an expected failure; any other problem fails it.
+# Remove both (and the xfail below) once the runner takes over the lost attempt's child.
+KNOWN_FINDING = re.compile(r"parent \S+ has [2-9] children")
+KNOWN_FINDING_REASON = (
+    "soak_findings.md #1: a workflow step retried from RETRYING after a recovered lost "
+    "attempt starts a second child instead of taking over the first"
+)
 
 
 @pytest.fixture
@@ -131,6 +140,8 @@ async def outcome(
     if problems:
         _keep_for_findings(rig, problems, histories)
     problems += await rig.sequence_violations()
+    if set_aside := await rig.set_aside():
+        problems.append(f"the relay set {set_aside} events aside instead of delivering them")
     ours = checks.engine_tally(histories.values())
     async with aio.insecure_channel(f"127.0.0.1:{rig.analytics.port}") as channel:
         theirs, overview, workflow_retries = await checks.analytics_tally(
@@ -179,7 +190,8 @@ def report(size: Size, rig: Rig, result: Outcome, run: float, drain: float, even
             f"{down_to - down_from:.1f} s (t={down_from:.1f}..{down_to:.1f} s of a "
             f"{run:.1f} s run)",
             f"  unfinished executions at each fault: {f.unfinished_at}",
-            f"  outbox drained to 0 in {drain:.1f} s after the last execution ended",
+            f"  outbox: {f.backlog_at_analytics_return} events held when analytics came back; "
+            f"drained to 0 {drain:.1f} s after the last execution ended",
             f"  analytics / engine: executions {sum(theirs.executions.values())} / "
             f"{sum(ours.executions.values())} (overview {result.overview_executions}), "
             f"step attempts {theirs.total_attempts()} / {ours.total_attempts()}, retries "
@@ -203,8 +215,11 @@ async def test_kills_a_database_stop_and_an_analytics_outage_lose_nothing(rig: R
 
     result = await outcome(rig, started, executions)
     print(report(size, rig, result, run, drain, await rig.events()))
-    assert not result.problems, "\n".join(result.problems[:50])
+    unknown = [p for p in result.problems if not KNOWN_FINDING.fullmatch(p)]
+    assert not unknown, "\n".join(unknown[:50])
     assert rig.figures.kills == size.kills
     # Each fault landed while executions were still running.
     assert all(rig.figures.unfinished_at.values()), rig.figures.unfinished_at
     assert rig.current.process.returncode is None
+    if result.problems:
+        pytest.xfail(f"{KNOWN_FINDING_REASON}: {'; '.join(result.problems)}")
