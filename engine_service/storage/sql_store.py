@@ -13,7 +13,19 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -173,27 +185,42 @@ class SqlExecutionStore(SqlLeaseStore, SqlScheduleStore, SqlCommandStore, Execut
         return self._definitions[key]
 
     async def list_workflows(self, query: WorkflowQuery) -> Page[WorkflowDefinition]:
-        rows = select(workflow_definitions)
+        """Only the page's definitions are read and parsed: the match on labels (JSON, which
+        the two dialects query differently) is made on the small labels column, here."""
+        table = workflow_definitions
+        rows = select(table.c.tenant, table.c.workflow_id, table.c.version, table.c.labels)
         if query.tenant is not None:
-            rows = rows.where(workflow_definitions.c.tenant == query.tenant)
+            rows = rows.where(table.c.tenant == query.tenant)
         if not query.all_versions:
-            rows = rows.where(workflow_definitions.c.version == _latest_version())
-        rows = rows.order_by(
-            workflow_definitions.c.tenant,
-            workflow_definitions.c.workflow_id,
-            workflow_definitions.c.version,
-        )
-        async with self._engine.connect() as connection:
-            found = [self._load_definition(r) for r in await connection.execute(rows)]
-        # Labels live in JSON, which the two dialects query differently: filter here.
-        matching = [d for d in found if all(d.labels.get(k) == v for k, v in query.labels.items())]
+            rows = rows.where(table.c.version == _latest_version())
+        rows = rows.order_by(table.c.tenant, table.c.workflow_id, table.c.version)
         offset = decode_page_token(query.page_token)
         size = page_bounds(query.page_size)
+        async with self._engine.connect() as connection:
+            matching = [
+                (row.tenant, row.workflow_id, row.version)
+                for row in await connection.execute(rows)
+                if all((row.labels or {}).get(k) == v for k, v in query.labels.items())
+            ]
+            chosen = matching[offset : offset + size]
+            await self._load_definitions(connection, chosen)
         more = offset + size < len(matching)
         return Page(
-            tuple(matching[offset : offset + size]),
+            tuple(self._definitions[key] for key in chosen),
             encode_page_token(offset + size) if more else "",
         )
+
+    async def _load_definitions(
+        self, connection: AsyncConnection, keys: Sequence[tuple[str, str, int]]
+    ) -> None:
+        """Read and parse the definitions at `keys` not parsed yet."""
+        missing = [key for key in keys if key not in self._definitions]
+        if not missing:
+            return
+        table = workflow_definitions
+        wanted = tuple_(table.c.tenant, table.c.workflow_id, table.c.version).in_(missing)
+        for row in await connection.execute(select(table).where(wanted)):
+            self._load_definition(row)
 
     # ---- executions ----------------------------------------------------------------
 

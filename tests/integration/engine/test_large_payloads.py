@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from google.protobuf import struct_pb2
+from sqlalchemy import insert
 from stepstream.v1 import engine_pb2
 
+from engine_service.storage.models import workflow_definitions
+from engine_service.storage.sql_store import SqlExecutionStore
 from engine_service.transport import responses
 from engine_service.transport.mapping import OFF_LOOP_BYTES
 from tests.integration.engine.conftest import Harness
@@ -82,3 +86,27 @@ async def _schedule_pages(harness: Harness) -> AsyncIterator[list[engine_pb2.Sch
         if not token:
             return
     raise AssertionError("paging never ended")
+
+
+async def test_a_workflow_page_reads_only_its_own_definitions(harness: Harness) -> None:
+    # Every call read and parsed every definition of the tenant, on the event loop: with
+    # a thousand definitions, each ListWorkflows held the loop for a second. Shown here by
+    # a stored definition the page does not include and that could not even be parsed.
+    for name in ("a-first", "b-second"):
+        await register(harness.stub, chain(name, "noop"))
+    assert isinstance(harness.store, SqlExecutionStore)
+    async with harness.store.engine.begin() as connection:
+        await connection.execute(
+            insert(workflow_definitions).values(
+                tenant="default",
+                workflow_id="z-unreadable",
+                version=1,
+                name="",
+                labels={},
+                definition={"id": "z-unreadable", "steps": "not a list"},
+                created_at=datetime.now(UTC),
+            )
+        )
+    first = await harness.stub.ListWorkflows(engine_pb2.ListWorkflowsRequest(page_size=2))
+    assert [w.id for w in first.workflows] == ["a-first", "b-second"]
+    assert first.next_page_token
