@@ -15,7 +15,6 @@ executions, five kills, Postgres down 10 s. The figures are printed (`-s` to see
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -42,14 +41,6 @@ from tests.private_postgres import PrivatePostgres
 
 pytestmark = pytest.mark.e2e
 SIZE = chosen_size()
-# A known bug, open at the time of writing (/work/notes/soak_findings.md #1): when it is
-# the only problem found the test is an expected failure; any other problem fails it.
-# Remove both (and the xfail below) once the runner takes over the lost attempt's child.
-KNOWN_FINDING = re.compile(r"parent \S+ has [2-9] children")
-KNOWN_FINDING_REASON = (
-    "soak_findings.md #1: a workflow step retried from RETRYING after a recovered lost "
-    "attempt starts a second child instead of taking over the first"
-)
 
 
 @pytest.fixture
@@ -215,11 +206,8 @@ async def test_kills_a_database_stop_and_an_analytics_outage_lose_nothing(rig: R
 
     result = await outcome(rig, started, executions)
     print(report(size, rig, result, run, drain, await rig.events()))
-    unknown = [p for p in result.problems if not KNOWN_FINDING.fullmatch(p)]
-    assert not unknown, "\n".join(unknown[:50])
+    assert not result.problems, "\n".join(result.problems[:50])
     assert rig.figures.kills == size.kills
     # Each fault landed while executions were still running.
     assert all(rig.figures.unfinished_at.values()), rig.figures.unfinished_at
     assert rig.current.process.returncode is None
-    if result.problems:
-        pytest.xfail(f"{KNOWN_FINDING_REASON}: {'; '.join(result.problems)}")
