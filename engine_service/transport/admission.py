@@ -2,14 +2,13 @@
 
 A request whose bytes do not decode is INVALID_ARGUMENT on every method (see
 `decoding`). Decoded requests of the services named are then checked by
-`boundary.request_problems`, large ones off the event loop so that one big request
-cannot delay health checks or other tenants. Either refusal is raised inside the
-ErrorInterceptor, like any other error of a handler.
+`boundary.request_problems`, large ones off the event loop (in the CPU lane of
+`offload`) so that one big request cannot delay health checks or other tenants. Either
+refusal is raised inside the ErrorInterceptor, like any other error of a handler.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from engine_service.core.errors import InvalidArgument, Problem
 from engine_service.transport.boundary import RequestLimits, request_problems
 from engine_service.transport.decoding import Undecodable, admitting
 from engine_service.transport.mapping import OFF_LOOP_BYTES
+from engine_service.transport.offload import CpuLane
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -31,9 +31,12 @@ class AdmissionInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Refuses requests that do not decode (every method) or fail the boundary checks
     (methods whose path starts with one of `checked_prefixes`)."""
 
-    def __init__(self, limits: RequestLimits, checked_prefixes: tuple[str, ...]) -> None:
+    def __init__(
+        self, limits: RequestLimits, checked_prefixes: tuple[str, ...], lane: CpuLane
+    ) -> None:
         self._limits = limits
         self._prefixes = checked_prefixes
+        self._lane = lane
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -49,7 +52,7 @@ class AdmissionInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if not isinstance(request, Message):
             return
         if request.ByteSize() > OFF_LOOP_BYTES:
-            problems = await asyncio.to_thread(request_problems, request, self._limits)
+            problems = await self._lane.run(lambda: request_problems(request, self._limits))
         else:
             problems = request_problems(request, self._limits)
         if problems:

@@ -10,7 +10,6 @@ whole-number doubles coming in become ints (so `${inputs.n}` stays an int in CEL
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -30,10 +29,11 @@ from engine_service.core.state import (
     StepState,
     StepStatus,
 )
+from engine_service.transport.offload import CpuLane
 
 # Doubles beyond this are not exact integers, so they stay floats.
 _MAX_EXACT_INT: Final = 2**53
-# Messages larger than this (encoded) are converted on a worker thread: protobuf's JSON
+# Messages larger than this (encoded) are converted in the CPU lane: protobuf's JSON
 # conversion is pure Python, about a second per 100,000 values.
 OFF_LOOP_BYTES: Final = 64 * 1024
 
@@ -57,10 +57,10 @@ def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
     return converted
 
 
-async def struct_to_dict_off_loop(message: struct_pb2.Struct) -> dict[str, Any]:
-    """`struct_to_dict`, on a worker thread when the Struct is large."""
+async def struct_to_dict_off_loop(message: struct_pb2.Struct, lane: CpuLane) -> dict[str, Any]:
+    """`struct_to_dict`, in the CPU lane when the Struct is large."""
     if message.ByteSize() > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(struct_to_dict, message)
+        return await lane.run(lambda: struct_to_dict(message))
     return struct_to_dict(message)
 
 
@@ -137,11 +137,11 @@ def definition_from_proto(message: workflow_pb2.WorkflowDefinition) -> dict[str,
 
 
 async def definition_from_proto_off_loop(
-    message: workflow_pb2.WorkflowDefinition,
+    message: workflow_pb2.WorkflowDefinition, lane: CpuLane
 ) -> dict[str, Any]:
-    """`definition_from_proto`, on a worker thread when the definition is large."""
+    """`definition_from_proto`, in the CPU lane when the definition is large."""
     if message.ByteSize() > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(definition_from_proto, message)
+        return await lane.run(lambda: definition_from_proto(message))
     return definition_from_proto(message)
 
 

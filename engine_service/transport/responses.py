@@ -4,7 +4,7 @@ protobuf's Struct and JSON conversions are pure Python, about a second per 100,0
 values: a page of large definitions or an execution with a megabyte of inputs would
 hold the event loop (health checks, every other call) that long. Each function here
 weighs the JSON its values carry (`json.dumps`, in C, about a millisecond per megabyte)
-and converts on a worker thread past `mapping.OFF_LOOP_BYTES`.
+and converts in the CPU lane past `mapping.OFF_LOOP_BYTES`.
 
 A page of a List call also ends early once its items carry PAGE_BYTES of JSON, with a
 token for the rest: a hundred executions of a megabyte each would otherwise make a
@@ -13,7 +13,6 @@ response larger than any client accepts, and that page could never be read.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from engine_service.core.schedules import Schedule
 from engine_service.core.state import ExecutionEvent, ExecutionState
 from engine_service.core.store import Page, decode_page_token, encode_page_token
 from engine_service.transport import mapping
+from engine_service.transport.offload import CpuLane
 
 T = TypeVar("T")
 V = TypeVar("V")
@@ -34,57 +34,61 @@ PAGE_BYTES = 2 * 1024 * 1024
 
 
 async def definition_page(
-    page: Page[WorkflowDefinition], page_token: str
+    page: Page[WorkflowDefinition], page_token: str, lane: CpuLane
 ) -> tuple[list[workflow_pb2.WorkflowDefinition], str]:
     items, token = _fitted(page, page_token, lambda d: (d.source,))
-    return await definitions(items), token
+    return await definitions(items, lane), token
 
 
 async def execution_page(
-    page: Page[ExecutionState], page_token: str
+    page: Page[ExecutionState], page_token: str, lane: CpuLane
 ) -> tuple[list[engine_pb2.Execution], str]:
     items, token = _fitted(page, page_token, _execution_payloads)
-    return await executions(items), token
+    return await executions(items, lane), token
 
 
 async def schedule_page(
-    page: Page[Schedule], page_token: str
+    page: Page[Schedule], page_token: str, lane: CpuLane
 ) -> tuple[list[engine_pb2.Schedule], str]:
     items, token = _fitted(page, page_token, lambda s: (s.inputs,))
-    return await schedules(items), token
+    return await schedules(items, lane), token
 
 
-async def definitions(items: Sequence[WorkflowDefinition]) -> list[workflow_pb2.WorkflowDefinition]:
-    return await converted(mapping.definition_to_proto, items, (d.source for d in items))
+async def definitions(
+    items: Sequence[WorkflowDefinition], lane: CpuLane
+) -> list[workflow_pb2.WorkflowDefinition]:
+    return await converted(mapping.definition_to_proto, items, (d.source for d in items), lane)
 
 
-async def definition(item: WorkflowDefinition) -> workflow_pb2.WorkflowDefinition:
-    (message,) = await definitions([item])
+async def definition(item: WorkflowDefinition, lane: CpuLane) -> workflow_pb2.WorkflowDefinition:
+    (message,) = await definitions([item], lane)
     return message
 
 
-async def executions(items: Sequence[ExecutionState]) -> list[engine_pb2.Execution]:
+async def executions(items: Sequence[ExecutionState], lane: CpuLane) -> list[engine_pb2.Execution]:
     payloads = (payload for state in items for payload in _execution_payloads(state))
-    return await converted(mapping.execution_to_proto, items, payloads)
+    return await converted(mapping.execution_to_proto, items, payloads, lane)
 
 
-async def execution(item: ExecutionState) -> engine_pb2.Execution:
-    (message,) = await executions([item])
+async def execution(item: ExecutionState, lane: CpuLane) -> engine_pb2.Execution:
+    (message,) = await executions([item], lane)
     return message
 
 
-async def schedules(items: Sequence[Schedule]) -> list[engine_pb2.Schedule]:
-    return await converted(mapping.schedule_to_proto, items, (s.inputs for s in items))
+async def schedules(items: Sequence[Schedule], lane: CpuLane) -> list[engine_pb2.Schedule]:
+    return await converted(mapping.schedule_to_proto, items, (s.inputs for s in items), lane)
 
 
-async def schedule(item: Schedule) -> engine_pb2.Schedule:
-    (message,) = await schedules([item])
+async def schedule(item: Schedule, lane: CpuLane) -> engine_pb2.Schedule:
+    (message,) = await schedules([item], lane)
     return message
 
 
-async def batch(events: list[ExecutionEvent], batch_id: str) -> events_pb2.EventBatch:
+async def batch(
+    events: list[ExecutionEvent], batch_id: str, lane: CpuLane
+) -> events_pb2.EventBatch:
     if _large(payload for e in events for payload in (e.inputs, e.output)):
-        return await asyncio.to_thread(mapping.batch_to_proto, events, batch_id)
+        return await lane.run(lambda: mapping.batch_to_proto(events, batch_id))
     return mapping.batch_to_proto(events, batch_id)
 
 
@@ -108,12 +112,12 @@ def _execution_payloads(state: ExecutionState) -> Iterable[Any]:
 
 
 async def converted(
-    convert: Callable[[V], T], items: Sequence[V], payloads: Iterable[Any]
+    convert: Callable[[V], T], items: Sequence[V], payloads: Iterable[Any], lane: CpuLane
 ) -> list[T]:
-    """`convert` of each item; on a worker thread when `payloads` weigh more than
+    """`convert` of each item; in the CPU lane when `payloads` weigh more than
     OFF_LOOP_BYTES."""
     if _large(payloads):
-        return await asyncio.to_thread(lambda: [convert(item) for item in items])
+        return await lane.run(lambda: [convert(item) for item in items])
     return [convert(item) for item in items]
 
 

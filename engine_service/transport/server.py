@@ -19,6 +19,7 @@ from engine_service.settings import EngineSettings
 from engine_service.transport.admission import AdmissionInterceptor
 from engine_service.transport.auth import AuthInterceptor, TokenTable
 from engine_service.transport.interceptors import ErrorInterceptor, MetricsInterceptor
+from engine_service.transport.offload import CpuLane
 from engine_service.transport.servicer import EngineServicer
 from engine_service.transport.streams import EventStreams
 from engine_service.transport.tenancy import Tenancy
@@ -35,6 +36,7 @@ class EngineServer:
     health: HealthServicer
     streams: EventStreams
     engine: Engine
+    lane: CpuLane
 
     async def start(self) -> None:
         await self.server.start()
@@ -50,6 +52,7 @@ class EngineServer:
         await self.health.enter_graceful_shutdown()
         self.streams.close_all()
         await self.server.stop(grace)
+        self.lane.close()
         await self.engine.stop()
 
 
@@ -67,10 +70,11 @@ def build_server(engine: Engine, metrics: EngineMetrics, settings: EngineSetting
         log.warning("auth is off: no tokens configured, every caller may use every tenant")
     # Innermost of all: a request is decoded and checked only once its caller is known.
     checked = (f"/{ENGINE_SERVICE}/",)
-    interceptors.append(AdmissionInterceptor(settings.request_limits(), checked))
+    lane = CpuLane()
+    interceptors.append(AdmissionInterceptor(settings.request_limits(), checked, lane))
     server = aio.server(interceptors=interceptors, options=settings.grpc_options())
     streams = EventStreams(engine, max_batch_events=settings.watch_batch_events)
-    servicer = EngineServicer(engine, streams, Tenancy(authenticated=bool(tokens)))
+    servicer = EngineServicer(engine, streams, Tenancy(authenticated=bool(tokens)), lane)
     engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -79,7 +83,7 @@ def build_server(engine: Engine, metrics: EngineMetrics, settings: EngineSetting
     port = _listen(server, settings)
     if port == 0:
         raise OSError(f"cannot listen on {settings.address}")
-    return EngineServer(server, port, health, streams, engine)
+    return EngineServer(server, port, health, streams, engine, lane)
 
 
 def _listen(server: aio.Server, settings: EngineSettings) -> int:

@@ -18,6 +18,7 @@ from engine_service.core.engine import Engine
 from engine_service.core.scheduler import ScheduleService
 from engine_service.core.state import ExecutionEvent
 from engine_service.transport import mapping, responses
+from engine_service.transport.offload import CpuLane
 from engine_service.transport.requests import RequestCheck, execution_query, workflow_query
 from engine_service.transport.schedule_requests import (
     schedule_changes,
@@ -30,15 +31,18 @@ from engine_service.transport.tenancy import Tenancy
 Context = aio.ServicerContext[Any, Any]
 
 
-async def _batch(events: list[ExecutionEvent]) -> events_pb2.EventBatch:
-    return await responses.batch(events, uuid.uuid4().hex)
+async def _batch(events: list[ExecutionEvent], lane: CpuLane) -> events_pb2.EventBatch:
+    return await responses.batch(events, uuid.uuid4().hex, lane)
 
 
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
-    def __init__(self, engine: Engine, streams: EventStreams, tenancy: Tenancy) -> None:
+    def __init__(
+        self, engine: Engine, streams: EventStreams, tenancy: Tenancy, lane: CpuLane
+    ) -> None:
         self._engine = engine
         self._streams = streams
         self._tenancy = tenancy
+        self._lane = lane
         self._schedules = ScheduleService(engine)
 
     # ---- workflows -------------------------------------------------------------------
@@ -47,9 +51,11 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         self, request: engine_pb2.RegisterWorkflowRequest, context: Context
     ) -> engine_pb2.RegisterWorkflowResponse:
         tenant = self._tenancy.named(request.definition.tenant, context)
-        data = await mapping.definition_from_proto_off_loop(request.definition)
+        data = await mapping.definition_from_proto_off_loop(request.definition, self._lane)
         stored = await self._engine.register_workflow(data, tenant)
-        return engine_pb2.RegisterWorkflowResponse(workflow=await responses.definition(stored))
+        return engine_pb2.RegisterWorkflowResponse(
+            workflow=await responses.definition(stored, self._lane)
+        )
 
     async def GetWorkflow(
         self, request: engine_pb2.GetWorkflowRequest, context: Context
@@ -58,14 +64,16 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         check.non_negative(request.version, "version").done()
         tenant = self._tenancy.named(request.tenant, context)
         found = await self._engine.get_workflow(tenant, request.workflow_id, request.version)
-        return engine_pb2.GetWorkflowResponse(workflow=await responses.definition(found))
+        return engine_pb2.GetWorkflowResponse(
+            workflow=await responses.definition(found, self._lane)
+        )
 
     async def ListWorkflows(
         self, request: engine_pb2.ListWorkflowsRequest, context: Context
     ) -> engine_pb2.ListWorkflowsResponse:
         query = workflow_query(request, self._tenancy.named(request.tenant, context))
         page = await self._engine.list_workflows(query)
-        items, token = await responses.definition_page(page, request.page_token)
+        items, token = await responses.definition_page(page, request.page_token, self._lane)
         return engine_pb2.ListWorkflowsResponse(workflows=items, next_page_token=token)
 
     async def ValidateWorkflow(
@@ -73,7 +81,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     ) -> engine_pb2.ValidateWorkflowResponse:
         tenant = self._tenancy.named(request.definition.tenant, context)
         data = {
-            **await mapping.definition_from_proto_off_loop(request.definition),
+            **await mapping.definition_from_proto_off_loop(request.definition, self._lane),
             "tenant": tenant,
         }
         limits = self._engine.config.definition_limits
@@ -94,7 +102,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     ) -> engine_pb2.StartExecutionResponse:
         state, created = await self._start(request, context)
         return engine_pb2.StartExecutionResponse(
-            execution=await responses.execution(state), created=created
+            execution=await responses.execution(state, self._lane), created=created
         )
 
     async def _start(
@@ -106,7 +114,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             self._tenancy.named(request.tenant, context),
             request.workflow_id,
             version=request.version,
-            inputs=await mapping.struct_to_dict_off_loop(request.inputs),
+            inputs=await mapping.struct_to_dict_off_loop(request.inputs, self._lane),
             idempotency_key=request.idempotency_key,
         )
 
@@ -120,14 +128,16 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             tenant=await self._owner(request.execution_id, context),
             at_sequence=request.at_sequence,
         )
-        return engine_pb2.GetExecutionResponse(execution=await responses.execution(state))
+        return engine_pb2.GetExecutionResponse(
+            execution=await responses.execution(state, self._lane)
+        )
 
     async def ListExecutions(
         self, request: engine_pb2.ListExecutionsRequest, context: Context
     ) -> engine_pb2.ListExecutionsResponse:
         query = execution_query(request, self._tenancy.named(request.tenant, context))
         page = await self._engine.list_executions(query)
-        items, token = await responses.execution_page(page, request.page_token)
+        items, token = await responses.execution_page(page, request.page_token, self._lane)
         return engine_pb2.ListExecutionsResponse(executions=items, next_page_token=token)
 
     async def CancelExecution(
@@ -139,7 +149,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             tenant=await self._owner(request.execution_id, context),
             reason=request.reason,
         )
-        return engine_pb2.CancelExecutionResponse(execution=await responses.execution(state))
+        return engine_pb2.CancelExecutionResponse(
+            execution=await responses.execution(state, self._lane)
+        )
 
     async def PauseExecution(
         self, request: engine_pb2.PauseExecutionRequest, context: Context
@@ -148,7 +160,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         state = await self._engine.pause_execution(
             request.execution_id, tenant=await self._owner(request.execution_id, context)
         )
-        return engine_pb2.PauseExecutionResponse(execution=await responses.execution(state))
+        return engine_pb2.PauseExecutionResponse(
+            execution=await responses.execution(state, self._lane)
+        )
 
     async def ResumeExecution(
         self, request: engine_pb2.ResumeExecutionRequest, context: Context
@@ -157,9 +171,11 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         state = await self._engine.resume_execution(
             request.execution_id,
             tenant=await self._owner(request.execution_id, context),
-            inputs=await mapping.struct_to_dict_off_loop(request.inputs),
+            inputs=await mapping.struct_to_dict_off_loop(request.inputs, self._lane),
         )
-        return engine_pb2.ResumeExecutionResponse(execution=await responses.execution(state))
+        return engine_pb2.ResumeExecutionResponse(
+            execution=await responses.execution(state, self._lane)
+        )
 
     async def _owner(self, execution_id: str, context: Context) -> str | None:
         """The tenant the engine checks a call by execution id against; None: no check.
@@ -189,7 +205,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             request.execution_id, request.after_sequence, tenant=tenant
         )
         async for batch in events:
-            yield engine_pb2.WatchExecutionResponse(batch=await _batch(batch))
+            yield engine_pb2.WatchExecutionResponse(batch=await _batch(batch, self._lane))
 
     async def WatchExecutions(
         self, request: engine_pb2.WatchExecutionsRequest, context: Context
@@ -199,15 +215,15 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         check.done()
         tenant = self._tenancy.named(request.tenant, context)
         async for batch in self._streams.watch_executions(tenant, request.workflow_id, statuses):
-            yield engine_pb2.WatchExecutionsResponse(batch=await _batch(batch))
+            yield engine_pb2.WatchExecutionsResponse(batch=await _batch(batch, self._lane))
 
     async def RunAndWatch(
         self, request: engine_pb2.RunAndWatchRequest, context: Context
     ) -> AsyncIterator[engine_pb2.RunAndWatchResponse]:
         state, _ = await self._start(request.start, context)
-        yield engine_pb2.RunAndWatchResponse(execution=await responses.execution(state))
+        yield engine_pb2.RunAndWatchResponse(execution=await responses.execution(state, self._lane))
         async for batch in self._streams.watch_execution(state.id, 0, tenant=None):
-            yield engine_pb2.RunAndWatchResponse(batch=await _batch(batch))
+            yield engine_pb2.RunAndWatchResponse(batch=await _batch(batch, self._lane))
 
     # ---- schedules ------------------------------------------------------------------
 
@@ -215,30 +231,34 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         self, request: engine_pb2.CreateScheduleRequest, context: Context
     ) -> engine_pb2.CreateScheduleResponse:
         tenant = self._tenancy.named(request.schedule.tenant, context)
-        inputs = await mapping.struct_to_dict_off_loop(request.schedule.inputs)
+        inputs = await mapping.struct_to_dict_off_loop(request.schedule.inputs, self._lane)
         created = await self._schedules.create(schedule_spec(request, tenant, inputs))
-        return engine_pb2.CreateScheduleResponse(schedule=await responses.schedule(created))
+        return engine_pb2.CreateScheduleResponse(
+            schedule=await responses.schedule(created, self._lane)
+        )
 
     async def ListSchedules(
         self, request: engine_pb2.ListSchedulesRequest, context: Context
     ) -> engine_pb2.ListSchedulesResponse:
         query = schedule_query(request, self._tenancy.named(request.tenant, context))
         page = await self._schedules.list(query)
-        items, token = await responses.schedule_page(page, request.page_token)
+        items, token = await responses.schedule_page(page, request.page_token, self._lane)
         return engine_pb2.ListSchedulesResponse(schedules=items, next_page_token=token)
 
     async def UpdateSchedule(
         self, request: engine_pb2.UpdateScheduleRequest, context: Context
     ) -> engine_pb2.UpdateScheduleResponse:
         inputs = (
-            await mapping.struct_to_dict_off_loop(request.inputs)
+            await mapping.struct_to_dict_off_loop(request.inputs, self._lane)
             if request.HasField("inputs")
             else None
         )
         changes = schedule_changes(request, inputs)
         tenant = await self._schedule_tenant(request.schedule_id, context)
         updated = await self._schedules.update(request.schedule_id, changes, tenant=tenant)
-        return engine_pb2.UpdateScheduleResponse(schedule=await responses.schedule(updated))
+        return engine_pb2.UpdateScheduleResponse(
+            schedule=await responses.schedule(updated, self._lane)
+        )
 
     async def DeleteSchedule(
         self, request: engine_pb2.DeleteScheduleRequest, context: Context

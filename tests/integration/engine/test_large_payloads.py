@@ -18,6 +18,7 @@ from engine_service.storage.models import workflow_definitions
 from engine_service.storage.sql_store import SqlExecutionStore
 from engine_service.transport import responses
 from engine_service.transport.mapping import OFF_LOOP_BYTES
+from engine_service.transport.offload import CpuLane
 from tests.integration.engine.conftest import Harness
 from tests.integration.engine.helpers import (
     WAIT_SECONDS,
@@ -29,15 +30,19 @@ from tests.integration.engine.helpers import (
 )
 
 
-async def test_a_large_payload_is_converted_on_a_worker_thread() -> None:
+async def test_a_large_payload_is_converted_in_the_cpu_lane() -> None:
     threads: list[int] = []
+    lane = CpuLane()
 
     def convert(item: int) -> int:
         threads.append(threading.get_ident())
         return item + 1
 
-    small = await responses.converted(convert, [1], [{"x": "y"}])
-    large = await responses.converted(convert, [2], [{"x": "y" * OFF_LOOP_BYTES}])
+    try:
+        small = await responses.converted(convert, [1], [{"x": "y"}], lane)
+        large = await responses.converted(convert, [2], [{"x": "y" * OFF_LOOP_BYTES}], lane)
+    finally:
+        lane.close()
     assert (small, large) == ([2], [3])
     assert threads[0] == threading.get_ident()
     assert threads[1] != threading.get_ident()
