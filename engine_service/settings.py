@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine_service.core.attempt import MAX_OUTPUT_BYTES
+from engine_service.core.definitions import DefinitionLimits
 from engine_service.core.engine import EngineConfig
 from engine_service.core.scheduler import SchedulerConfig
 from engine_service.transport.boundary import (
@@ -216,6 +217,21 @@ class EngineSettings(BaseSettings):
         description="Largest output of one step attempt, in bytes of JSON; a larger one "
         "fails the step with OutputTooLarge (outputs travel in events to analytics).",
     )
+    max_definition_steps: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Most steps (or nodes) of one workflow definition; at most 10,000 "
+        "(validation keeps a bit mask of each step's ancestors: n*n/8 bytes).",
+    )
+    max_depends_on: int = Field(
+        default=100, ge=1, description="Most dependencies (or incoming connections) of one step."
+    )
+    max_definition_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest workflow definition, in bytes of its JSON form.",
+    )
     max_duration_seconds: int = Field(
         default=100 * 31_557_600,
         ge=1,
@@ -247,6 +263,12 @@ class EngineSettings(BaseSettings):
             max_workflow_depth=self.max_workflow_depth,
             max_output_bytes=self.max_output_bytes,
             max_lost_attempts=self.max_lost_attempts,
+            definition_limits=DefinitionLimits(
+                max_steps=self.max_definition_steps,
+                max_depends_on=self.max_depends_on,
+                max_definition_bytes=self.max_definition_bytes,
+                max_id_length=self.max_id_length,
+            ),
         )
 
     def scheduler_config(self) -> SchedulerConfig:

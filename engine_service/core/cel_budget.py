@@ -143,8 +143,10 @@ def paths(tree: Node) -> dict[str, frozenset[Path]]:
 def prune(value: Any, wanted: frozenset[Path]) -> Any:
     """The parts of `value` at `wanted` paths, so only those are handed to the library;
     reading any of them gives the same result, and missing keys stay missing."""
-    if () in wanted or not isinstance(value, Mapping):
+    if not isinstance(value, Mapping):
         return value
+    if () in wanted:  # the library takes dicts, not other mappings (a view of the steps)
+        return value if isinstance(value, dict) else dict(value)
     by_key: dict[str, set[Path]] = {}
     for path in wanted:
         by_key.setdefault(path[0], set()).add(path[1:])

@@ -105,11 +105,16 @@ def referenced_steps(expression: str) -> frozenset[str]:
     """Step ids the expression selects from `steps` by name (`steps.a`, `steps["a-b"]`).
 
     CEL's own analysis only reports the root variable `steps`, not which step, so the
-    tokens are read (string literals are single tokens, so text inside quotes never
-    counts). `inputs.steps.x` is a field of inputs; `steps.exists(k, ...)` is a macro
-    over the steps and `steps[k]` a computed index, neither names a step. Used to reject
+    engine's syntax tree is read (the tokens, for an expression that is not CEL).
+    `inputs.steps.x` is a field of inputs; `steps.exists(k, ...)` is a macro over the
+    steps and `steps[k]` a computed index, neither names a step. Used to reject
     references to steps that are not upstream.
     """
+    try:
+        wanted = _analysed(expression).paths.get("steps", frozenset())
+        return frozenset(path[0] for path in wanted if path)
+    except ExpressionRefused:
+        pass  # not CEL: read the tokens, for what they are worth
     try:
         tokens = tokenize(expression)
     except CelSyntaxError:

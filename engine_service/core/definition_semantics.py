@@ -6,9 +6,8 @@ Every semantic rule runs and every problem is reported at once, each with its pa
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +67,11 @@ class _Scope:
     """What a step may read: its own id, its upstream steps, and every declared id."""
 
     owner: str
-    upstream: frozenset[str]
+    ancestry: graph.Ancestry
     known: frozenset[str]
+
+    def is_upstream(self, step_id: str) -> bool:
+        return self.ancestry.is_upstream(step_id, self.owner)
 
 
 class SemanticParser:
@@ -89,9 +91,9 @@ class SemanticParser:
         self._check_count(raw_steps, form)
         self._check_ids(raw_steps)
         deps = self._check_dependencies(raw_steps)
-        acyclic = self._check_cycles(raw_steps, deps)
+        self._check_cycles(raw_steps, deps)
         steps = [self._step(raw) for raw in raw_steps]
-        self._check_references(raw_steps, steps, deps, acyclic)
+        self._check_references(raw_steps, steps, deps)
         definition = self._workflow()
         if self.problems:
             raise DefinitionInvalid(problems=self.problems)
@@ -203,20 +205,24 @@ class SemanticParser:
             deps.setdefault(raw.id, usable)
         return deps
 
-    def _check_cycles(self, raw_steps: Sequence[_RawStep], deps: Mapping[str, list[str]]) -> bool:
-        """Report one cycle per group of steps caught in one; True if there are none."""
+    def _check_cycles(self, raw_steps: Sequence[_RawStep], deps: Mapping[str, list[str]]) -> None:
+        """Report one cycle per group of steps caught in one (strongly connected), in
+        the order of their first declared members."""
         edge_paths: dict[tuple[str, str], str] = {}
         for raw in raw_steps:
             for dependency in raw.dependencies:
                 edge_paths.setdefault((raw.id, dependency.step_id), dependency.path)
-        remaining = list(deps)
-        acyclic = True
-        while (cycle := graph.find_cycle(remaining, deps)) is not None:
-            acyclic = False
-            # The edge closing the cycle: its last step depends on the one before it.
-            self.problem(edge_paths[(cycle[-1], cycle[-2])], "cycle: " + " -> ".join(cycle))
-            remaining = [step_id for step_id in remaining if step_id not in cycle]
-        return acyclic
+        position = {step_id: index for index, step_id in enumerate(deps)}
+        groups = [
+            group
+            for group in graph.strongly_connected(list(deps), deps)
+            if len(group) > 1 or group[0] in deps[group[0]]
+        ]
+        for group in sorted(groups, key=lambda members: position[members[0]]):
+            cycle = graph.find_cycle(group, deps)
+            if cycle is not None:
+                # The edge closing the cycle: its last step depends on the one before it.
+                self.problem(edge_paths[(cycle[-1], cycle[-2])], "cycle: " + " -> ".join(cycle))
 
     def _step(self, raw: _RawStep) -> StepDefinition:
         data, path = raw.data, raw.path
@@ -288,13 +294,12 @@ class SemanticParser:
         raw_steps: Sequence[_RawStep],
         steps: Sequence[StepDefinition],
         deps: Mapping[str, Sequence[str]],
-        acyclic: bool,
     ) -> None:
         """A step may only read results of steps upstream of it: others may not have run."""
-        upstream_of = _upstream_lookup(list(deps), deps, acyclic)
+        ancestry = graph.Ancestry(list(deps), deps)
         known = frozenset(deps)
         for raw, step in zip(raw_steps, steps, strict=True):
-            scope = _Scope(step.id, upstream_of(step.id), known)
+            scope = _Scope(step.id, ancestry, known)
             calls = [(f"{raw.path}.parameters", ActionCall(step.action, step.parameters))]
             if step.compensate is not None:
                 calls.append((f"{raw.path}.compensate.parameters", step.compensate))
@@ -394,7 +399,7 @@ def _step_reference_problem(step_id: str, scope: _Scope, allow_self: bool) -> st
         return None if allow_self else "a step cannot read its own result"
     if step_id not in scope.known:
         return f"unknown step {step_id!r}"
-    if step_id not in scope.upstream:
+    if not scope.is_upstream(step_id):
         return (
             f"step {step_id!r} is not upstream of {scope.owner!r}, "
             "so it may not have run (add a dependency)"
@@ -408,15 +413,6 @@ def _dash_hint(step_id: str, scope: _Scope) -> str:
         return ""
     dashed = sorted(known for known in scope.known if known.startswith(f"{step_id}-"))
     return f' (in CEL, write steps["{dashed[0]}"] for ids with "-")' if dashed else ""
-
-
-def _upstream_lookup(
-    ids: Sequence[str], deps: Mapping[str, Sequence[str]], acyclic: bool
-) -> Callable[[str], frozenset[str]]:
-    """All ancestor sets in one pass when possible; per step (cycle-safe) otherwise."""
-    if acyclic:
-        return graph.upstream_sets(ids, deps).__getitem__
-    return functools.cache(lambda step_id: graph.upstream(step_id, deps))
 
 
 def _action_call(data: Mapping[str, Any] | None) -> ActionCall | None:

@@ -261,7 +261,10 @@ class Engine:
         return parse_definition({**data, "tenant": tenant}, limits=self.config.definition_limits)
 
     async def register_workflow(self, data: Mapping[str, Any], tenant: str) -> WorkflowDefinition:
-        return await self.store.add_workflow(self.parse(data, tenant))
+        # Validation is CPU work on untrusted input, seconds for the largest definitions:
+        # on a worker thread, so the event loop keeps serving meanwhile.
+        definition = await asyncio.to_thread(self.parse, data, tenant)
+        return await self.store.add_workflow(definition)
 
     async def get_workflow(
         self, tenant: str, workflow_id: str, version: int = 0

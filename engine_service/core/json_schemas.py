@@ -15,6 +15,7 @@ A definition is immutable, so each schema's validator is built once.
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -151,20 +152,23 @@ def _linear(draft: type[Validator]) -> type[Validator]:
 # -- validating values ---------------------------------------------------------------------
 
 _built: OrderedDict[int, tuple[Mapping[str, Any], Validator]] = OrderedDict()
+_built_lock = threading.Lock()  # definitions are validated on worker threads too
 
 
 def validator(schema: Mapping[str, Any]) -> Validator:
     """The validator of `schema` (its own draft, RE2 for patterns), built once per schema
     object; the cache holds the schema, so its id cannot be reused while cached."""
     key = id(schema)
-    found = _built.get(key)
-    if found is not None and found[0] is schema:
-        _built.move_to_end(key)
-        return found[1]
+    with _built_lock:
+        found = _built.get(key)
+        if found is not None and found[0] is schema:
+            _built.move_to_end(key)
+            return found[1]
     built = _linear(validator_for(schema))(schema)
-    _built[key] = (schema, built)
-    if len(_built) > _VALIDATORS_KEPT:
-        _built.popitem(last=False)
+    with _built_lock:
+        _built[key] = (schema, built)
+        if len(_built) > _VALIDATORS_KEPT:
+            _built.popitem(last=False)
     return built
 
 

@@ -69,6 +69,41 @@ class StepView(Mapping[str, Mapping[str, Any]]):
         return len(self._steps)
 
 
+class UpstreamView(Mapping[str, Mapping[str, Any]]):
+    """`steps` as the expressions of one step see it: its upstream steps (and itself, for
+    its compensation) in declaration order, read from the state on access, so naming a
+    step costs one lookup however many steps the workflow has."""
+
+    __slots__ = ("_ancestry", "_owner", "_steps", "_with_self")
+
+    def __init__(
+        self,
+        steps: Mapping[str, StepState],
+        ancestry: graph.Ancestry,
+        owner: str,
+        with_self: bool,
+    ) -> None:
+        self._steps = steps
+        self._ancestry = ancestry
+        self._owner = owner
+        self._with_self = with_self
+
+    def __getitem__(self, step_id: str) -> Mapping[str, Any]:
+        visible = (self._with_self and step_id == self._owner) or self._ancestry.is_upstream(
+            step_id, self._owner
+        )
+        if not visible or step_id not in self._steps:
+            raise KeyError(step_id)
+        step = self._steps[step_id]
+        return {"output": step.output, "status": step.status.value}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ancestry.upstream(self._owner, with_self=self._with_self))
+
+    def __len__(self) -> int:
+        return self._ancestry.count(self._owner, with_self=self._with_self)
+
+
 class LazyActivation(Mapping[str, Any]):
     """An activation built on first use: most steps have no condition and most actions
     never read theirs, while building one copies every step of the execution."""
@@ -100,8 +135,8 @@ class StepDecisions:
     def __init__(self, definition: WorkflowDefinition, secrets: Mapping[str, str]) -> None:
         self._definition = definition
         self._secrets = secrets
-        self._deps = {step.id: step.depends_on for step in definition.steps}
-        self._upstream: dict[str, frozenset[str]] = {}
+        self._steps = {step.id: step for step in definition.steps}
+        self._ancestry: graph.Ancestry | None = None
 
     def decide(self, state: ExecutionState, step: StepDefinition) -> RunStep | SettleStep:
         activation = self.lazy_activation(state, step.id)
@@ -132,7 +167,7 @@ class StepDecisions:
 
     def continues(self, step_id: str) -> bool:
         return (
-            self._definition.step(step_id).continue_on_error
+            self._steps[step_id].continue_on_error
             or self._definition.on_failure is FailurePolicy.CONTINUE
         )
 
@@ -175,18 +210,16 @@ class StepDecisions:
         return LazyActivation(lambda: self._activation(state, step_id, with_self))
 
     def _activation(self, state: ExecutionState, step_id: str, with_self: bool) -> dict[str, Any]:
-        visible = self.upstream(step_id) | {step_id} if with_self else self.upstream(step_id)
-        view = StepView(state.steps)
-        # Declaration (topological) order, so iteration order is the same on every run.
-        steps = {sid: view[sid] for sid in self._deps if sid in visible}
+        steps = UpstreamView(state.steps, self.ancestry, step_id, with_self)
         return {"inputs": dict(state.inputs), "steps": steps}
 
-    def upstream(self, step_id: str) -> frozenset[str]:
-        """The steps `step_id` transitively depends on; computed once per step."""
-        found = self._upstream.get(step_id)
-        if found is None:
-            found = self._upstream[step_id] = graph.upstream(step_id, self._deps)
-        return found
+    @property
+    def ancestry(self) -> graph.Ancestry:
+        """Built on first use: most workflows have no condition reading `steps`."""
+        if self._ancestry is None:
+            deps = {step_id: step.depends_on for step_id, step in self._steps.items()}
+            self._ancestry = graph.Ancestry(list(deps), deps)
+        return self._ancestry
 
 
 def failed_outcome(

@@ -6,6 +6,7 @@ statuses.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -85,7 +86,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             "tenant": tenant,
         }
         limits = self._engine.config.definition_limits
-        problems, plan, stages = validate_definition(data, limits=limits)
+        # CPU work on untrusted input (seconds for the largest definitions): off the loop.
+        problems, plan, stages = await asyncio.to_thread(validate_definition, data, limits=limits)
         return engine_pb2.ValidateWorkflowResponse(
             valid=not problems,
             problems=[

@@ -83,7 +83,7 @@ async def test_hostile_definitions_and_inputs_are_refused_and_the_engine_lives_o
     assert engine_process.process.returncode is None
 
 
-async def _regex_schemas(stub: engine_pb2_grpc.EngineServiceStub) -> None:
+async def _regex_schemas(stub: engine_pb2_grpc.EngineServiceAsyncStub) -> None:
     """A pattern RE2 cannot run is refused; one Python's `re` would backtrack on for
     ever (2**64 steps) answers at once."""
     backreference = {**_workflow({}), "input_schema": _schema("(a)\\1")}
