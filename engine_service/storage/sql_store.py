@@ -213,14 +213,15 @@ class SqlExecutionStore(SqlLeaseStore, SqlScheduleStore, SqlCommandStore, Execut
     async def _load_definitions(
         self, connection: AsyncConnection, keys: Sequence[tuple[str, str, int]]
     ) -> None:
-        """Read and parse the definitions at `keys` not parsed yet."""
+        """Read and parse the definitions at `keys` not parsed yet; parsing (validation:
+        some 20 ms a definition) runs on a worker thread, off the event loop."""
         missing = [key for key in keys if key not in self._definitions]
         if not missing:
             return
         table = workflow_definitions
         wanted = tuple_(table.c.tenant, table.c.workflow_id, table.c.version).in_(missing)
-        for row in await connection.execute(select(table).where(wanted)):
-            self._load_definition(row)
+        rows = (await connection.execute(select(table).where(wanted))).all()
+        await asyncio.to_thread(lambda: [self._load_definition(row) for row in rows])
 
     # ---- executions ----------------------------------------------------------------
 
