@@ -39,10 +39,16 @@ test: install-dev
 ## Then the process faults at full size: 100 executions, five kill -9 of the engine,
 ## Postgres stopped 10 s, analytics down for the middle third; prints the figures
 ## (CI runs 30 executions, two kills, 3 s).
+## Then the engine's fault simulator: 100,000 schedules on the in-memory store and 200 on
+## SQLite and on Postgres (STEPSTREAM_SIM_SCHEDULES, STEPSTREAM_SIM_SQL_SCHEDULES; a failure
+## prints the seed that replays it, STEPSTREAM_SIM_SEED). CI runs 2,000 and 24.
 soak: install-dev
 	STEPSTREAM_FUZZ_REQUESTS=$${STEPSTREAM_FUZZ_REQUESTS:-100000} \
 	  $(BIN)/pytest tests/fuzz -q -p no:cacheprovider
 	STEPSTREAM_SOAK=1 $(BIN)/pytest tests/e2e/pipeline/test_process_faults.py -q -s -p no:cacheprovider
+	STEPSTREAM_SIM=1 STEPSTREAM_SIM_SCHEDULES=$${STEPSTREAM_SIM_SCHEDULES:-100000} \
+	  STEPSTREAM_SIM_SQL_SCHEDULES=$${STEPSTREAM_SIM_SQL_SCHEDULES:-200} \
+	  $(BIN)/pytest tests/sim -q -p no:cacheprovider
 
 ## Regenerate the committed stubs from protos/ with the pinned generators.
 protos: install-dev

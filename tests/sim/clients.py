@@ -14,7 +14,7 @@ from engine_service.core.errors import IllegalTransition, NotFound
 from engine_service.core.state import ExecutionState, ExecutionStatus
 from tests.sim.record import CommandLog
 from tests.sim.tasks import Tasks
-from tests.sim.workflows import LATE_VALUE, TENANT, CommandPlan, Scenario
+from tests.sim.workflows import LATE_VALUE, CommandPlan, Scenario
 
 
 class Live(Protocol):
@@ -27,6 +27,7 @@ class Cluster(Protocol):
 
     scenario: Scenario
     seed: int
+    tenant: str
     tasks: Tasks
     roots: list[str | None]
     commands: list[CommandLog]
@@ -48,7 +49,7 @@ async def start_root(world: Cluster, index: int) -> None:
                 process,
                 functools.partial(
                     process.engine.start_execution,
-                    TENANT,
+                    world.tenant,
                     plan.workflow_id,
                     inputs=plan.inputs,
                     idempotency_key=f"sim{world.seed}-root-{index}",

@@ -87,7 +87,7 @@ def run_world(
     loop = looptime.new_event_loop(start=0.0, noop_cycles=42 if tier.holds_time else 1)
     try:
         with _seeded_ids(f"ids-{kind}-{seed}"), _quiet_logs():
-            world = World(scenario, faults, tier, seed)
+            world = World(scenario, faults, tier, seed, tenant=f"sim-{kind}-{seed}")
             return loop.run_until_complete(world.run())
     finally:
         loop.run_until_complete(loop.shutdown_default_executor())

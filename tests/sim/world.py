@@ -15,7 +15,7 @@ import contextlib
 import functools
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine_service.core.clock import LoopClock
@@ -71,6 +71,8 @@ class World:
     calls: int = 0
     hold: Hold | None = None
     aborted: bool = False
+    # Each run is a tenant of its own: SQL tiers run many schedules on one database.
+    tenant: str = "default"
     over: bool = False
     stores: list[ProcessStore] = field(default_factory=list)
     observer: ExecutionStore = field(init=False)
@@ -80,7 +82,9 @@ class World:
         loop = asyncio.get_running_loop()
         loop.set_task_factory(self.tasks.factory)  # type: ignore[arg-type]
         self.hold = Hold() if self.tier.holds_time else None
-        self.observer = await self.tier.open()
+        observer = await self.tier.open()
+        # Seen through a store wrapper too, so reads hold virtual time like the engine's.
+        self.observer = ProcessStore(observer, Windows(), on_kill=_never, hold=self.hold)  # type: ignore[assignment]
         self.ledger = Ledger(self.observer)
         self.roots = [None] * len(self.scenario.roots)
         try:
@@ -148,7 +152,8 @@ class World:
             resumer.cancel()
 
     async def states(self) -> list[ExecutionState]:
-        page = await self.observer.list_executions(ExecutionQuery(page_size=1000))
+        query = ExecutionQuery(tenant=self.tenant, page_size=1000)
+        page = await self.observer.list_executions(query)
         return list(page.items)
 
     # ---- processes -------------------------------------------------------------------
@@ -293,7 +298,7 @@ class World:
                     ("generated-definitions-register", f"{workflow_id}: {definition}")
                 )
             else:
-                await self.observer.add_workflow(definition)
+                await self.observer.add_workflow(replace(definition, tenant=self.tenant))
 
     # ---- the record ------------------------------------------------------------------
 
@@ -342,6 +347,10 @@ class World:
         await asyncio.gather(*others, return_exceptions=True)
         await self.tier.close()
         loop.set_task_factory(None)
+
+
+def _never() -> None:
+    raise AssertionError("the observer never dies")
 
 
 def _now() -> float:
