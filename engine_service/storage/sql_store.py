@@ -185,29 +185,36 @@ class SqlExecutionStore(SqlLeaseStore, SqlScheduleStore, SqlCommandStore, Execut
         return self._definitions[key]
 
     async def list_workflows(self, query: WorkflowQuery) -> Page[WorkflowDefinition]:
-        """Only the page's definitions are read and parsed: the match on labels (JSON, which
-        the two dialects query differently) is made on the small labels column, here."""
+        """Only the page's definitions are read and parsed. Without labels to match the
+        page is cut in SQL; labels (JSON, which the two dialects query differently) are
+        matched here, on the labels column alone."""
         table = workflow_definitions
-        rows = select(table.c.tenant, table.c.workflow_id, table.c.version, table.c.labels)
+        keys = (table.c.tenant, table.c.workflow_id, table.c.version)
+        rows = select(*keys, table.c.labels) if query.labels else select(*keys)
         if query.tenant is not None:
             rows = rows.where(table.c.tenant == query.tenant)
         if not query.all_versions:
             rows = rows.where(table.c.version == _latest_version())
-        rows = rows.order_by(table.c.tenant, table.c.workflow_id, table.c.version)
+        rows = rows.order_by(*keys)
         offset = decode_page_token(query.page_token)
         size = page_bounds(query.page_size)
         async with self._engine.connect() as connection:
-            matching = [
-                (row.tenant, row.workflow_id, row.version)
-                for row in await connection.execute(rows)
-                if all((row.labels or {}).get(k) == v for k, v in query.labels.items())
-            ]
-            chosen = matching[offset : offset + size]
+            if query.labels:
+                found = [
+                    (row.tenant, row.workflow_id, row.version)
+                    for row in await connection.execute(rows)
+                    if all((row.labels or {}).get(k) == v for k, v in query.labels.items())
+                ][offset : offset + size + 1]
+            else:
+                found = [
+                    tuple(row)
+                    for row in await connection.execute(rows.offset(offset).limit(size + 1))
+                ]
+            chosen = found[:size]
             await self._load_definitions(connection, chosen)
-        more = offset + size < len(matching)
         return Page(
             tuple(self._definitions[key] for key in chosen),
-            encode_page_token(offset + size) if more else "",
+            encode_page_token(offset + size) if len(found) > size else "",
         )
 
     async def _load_definitions(
