@@ -7,9 +7,11 @@ import argparse
 import os
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
+from tests.sim import pinned
 from tests.sim.history import line
-from tests.sim.schedule import Result, simulate
+from tests.sim.schedule import Result, run_schedule, simulate
 from tests.sim.tiers import MemoryTier, SqlTier, Tier
 
 
@@ -57,13 +59,23 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--tier", default="memory", choices=("memory", "sqlite", "postgres"))
     parser.add_argument("--histories", action="store_true")
+    parser.add_argument("--pin", default="", help="keep the schedule as tests/sim/pinned/NAME.json")
+    parser.add_argument("--note", default="", help="what the pinned schedule found")
+    parser.add_argument("--replay", default="", help="run a pinned schedule (a .json path)")
     args = parser.parse_args()
     tier = _tier(args.tier)
+    if args.replay:
+        seed, scenario, faults = pinned.load(Path(args.replay))
+        _print(run_schedule(seed, scenario, faults, tier()), args.histories)
+        return
     failed = 0
     for seed in range(args.seed, args.seed + args.count):
         result = simulate(seed, tier)
         if result.failed or args.count == 1:
             _print(result, args.histories)
+        if args.pin:
+            record = result.record
+            print("pinned:", pinned.save(args.pin, seed, record.scenario, record.faults, args.note))
         failed += result.failed
     print(f"{failed} of {args.count} schedules broke an invariant")
 

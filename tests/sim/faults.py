@@ -6,7 +6,9 @@ Every engine process reaches the shared store through its own `ProcessStore`, wh
 - stop the whole process at its n-th commit, before or after it takes effect (so a
   process can die between any two commits);
 - fail its lease renewals for a while (a partition of the lease round), or every call
-  (the database is unreachable from that process);
+  (the database is unreachable from that process), or fail its n-th read;
+- hold every call made during a while until the while is over (a stalled connection, a
+  process paused): a stale lease holder's writes then reach the store late;
 - refuse every call once the process is dead: a dead process commits nothing.
 Stopping a process at a moment in time (at any await point) is the world's business.
 """
@@ -23,7 +25,17 @@ from typing import Any, Literal
 from engine_service.core.errors import StorageError
 
 Mode = Literal["before", "after"]
-FaultKind = Literal["kill", "stop", "kill_at_commit", "fail_write", "partition", "outage", "join"]
+FaultKind = Literal[
+    "kill",
+    "stop",
+    "kill_at_commit",
+    "fail_write",
+    "fail_read",
+    "partition",
+    "outage",
+    "stall",
+    "join",
+]
 
 # Writes: what can fail. Commits: what a process can die between.
 WRITES = frozenset(
@@ -79,8 +91,14 @@ class Fault:
             return (
                 f"from t={self.at:g}: {where}'s write #{self.nth} fails {self.mode} taking effect"
             )
-        if self.kind in ("partition", "outage"):
-            what = "lease renewals fail" if self.kind == "partition" else "every store call fails"
+        if self.kind == "fail_read":
+            return f"from t={self.at:g}: {where}'s read #{self.nth} fails"
+        if self.kind in ("partition", "outage", "stall"):
+            what = {
+                "partition": "lease renewals fail",
+                "outage": "every store call fails",
+                "stall": "store calls wait for the end",
+            }[self.kind]
             return f"t={self.at:g}..{self.at + self.seconds:g}: {where}'s {what}"
         return f"t={self.at:g}: process {where} joins"
 
@@ -101,7 +119,7 @@ def make_faults(seed: int, shape: Shape, *, single_process: bool) -> tuple[Fault
     processes = shape.processes
     for _ in range(rng.choice((1, 1, 2, 2, 3, 4))):
         kinds: list[FaultKind] = ["kill", "kill", "stop", "kill_at_commit", "kill_at_commit"]
-        kinds += ["fail_write", "fail_write", "outage"]
+        kinds += ["fail_write", "fail_write", "fail_read", "outage", "stall"]
         if not single_process:
             kinds += ["partition", "partition", "join"]
         kind = rng.choice(kinds)
@@ -110,7 +128,7 @@ def make_faults(seed: int, shape: Shape, *, single_process: bool) -> tuple[Fault
         restart = rng.choice((0.0, rng.uniform(0, 15)))
         if kind in ("kill", "stop"):
             faults.append(Fault(kind, process, at, rng.randint(0, 12), seconds=restart))
-        elif kind in ("kill_at_commit", "fail_write"):
+        elif kind in ("kill_at_commit", "fail_write", "fail_read"):
             commits = max(shape.commits[process] if process < len(shape.commits) else 1, 1)
             start = rng.choice((0.0, at))
             nth = rng.randint(1, commits + 2)
@@ -120,6 +138,8 @@ def make_faults(seed: int, shape: Shape, *, single_process: bool) -> tuple[Fault
             faults.append(Fault(kind, process, at, seconds=rng.uniform(4, 30)))
         elif kind == "outage":
             faults.append(Fault(kind, process, at, seconds=rng.uniform(0.5, 20)))
+        elif kind == "stall":
+            faults.append(Fault(kind, process, at, seconds=rng.uniform(1, 25)))
         else:
             faults.append(Fault("join", processes, at))
             processes += 1
@@ -132,10 +152,15 @@ class Windows:
 
     partitions: list[tuple[float, float]] = field(default_factory=list)
     outages: list[tuple[float, float]] = field(default_factory=list)
+    stalls: list[tuple[float, float]] = field(default_factory=list)
 
     @staticmethod
     def active(windows: list[tuple[float, float]], now: float) -> bool:
         return any(start <= now < end for start, end in windows)
+
+    @staticmethod
+    def end(windows: list[tuple[float, float]], now: float) -> float | None:
+        return max((end for start, end in windows if start <= now < end), default=None)
 
 
 class Hold:
@@ -187,8 +212,11 @@ class ProcessStore:
         self.dead = False
         self.calls = 0
         self.writes = 0
+        self.reads = 0
         self.commits = 0
         self.fail_writes: dict[int, Mode] = {}
+        self.fail_reads: set[int] = set()
+        self._stalled: asyncio.Future[Any] | None = None
         self.kill_at: dict[int, Mode] = {}
         self.commands: list[Any] = []
         for name in WRITES | READS:
@@ -206,6 +234,13 @@ class ProcessStore:
             self._on_call()
             if self.dead:
                 return _cancelled()
+            now = asyncio.get_running_loop().time()
+            until = Windows.end(self._windows.stalls, now)
+            if until is not None:
+                return self._stall(until - now, lambda: dispatch(args, kwargs))
+            return dispatch(args, kwargs)
+
+        def dispatch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
             now = asyncio.get_running_loop().time()
             if Windows.active(self._windows.outages, now) or (
                 name == "renew_leases" and Windows.active(self._windows.partitions, now)
@@ -228,7 +263,27 @@ class ProcessStore:
 
         return call
 
+    def _stall(self, seconds: float, dispatch: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+        """Held until the stall is over, then made, in the order the calls came."""
+        before = self._stalled
+
+        async def later() -> Any:
+            await asyncio.sleep(seconds)
+            if before is not None:
+                await asyncio.wait([before])
+            if self.dead:
+                raise asyncio.CancelledError
+            return await dispatch()
+
+        self._stalled = asyncio.ensure_future(later())
+        return self._stalled
+
     def _strike(self, name: str) -> str:
+        if name in READS:
+            self.reads += 1
+            if self.reads in self.fail_reads:
+                self.fail_reads.discard(self.reads)
+                return "fail-before"
         if name in WRITES:
             self.writes += 1
             mode = self.fail_writes.pop(self.writes, None)

@@ -39,6 +39,9 @@ ES = ExecutionStatus
 SS = StepStatus
 # The failures the engine retries: the probes' planned ones, timeouts, a failed child.
 RETRYABLE = frozenset({"Boom", "TimeoutError", "ChildWorkflowFailed"})
+# What a command may answer besides its outcome: errors the transport maps to a code that
+# tells the client to retry (UNAVAILABLE, ABORTED).
+RETRY_LATER = ("raised StorageError", "raised ConcurrentModification")
 # Lost attempts a step may have before the engine gives up on it (EngineConfig's bound).
 LOST_LIMIT = int(getattr(EngineConfig(), "max_lost_attempts", 3))
 
@@ -255,7 +258,7 @@ class _Checker:
                     )
                 elif command.local:
                     yield from self._nothing_starts_after_cancel(command.target, command.issued)
-            if command.result.startswith("raised") and "StorageError" not in command.result:
+            if command.result.startswith("raised") and not command.result.startswith(RETRY_LATER):
                 yield Violation(
                     "commands-answer-cleanly",
                     command.target,

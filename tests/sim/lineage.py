@@ -176,7 +176,7 @@ class Lineage:
         if any(start - EPSILON <= t <= end + EPSILON for t, _ in self.record.fault_log):
             return False
         return not any(
-            fault.kind in ("partition", "outage")
+            fault.kind in ("partition", "outage", "stall")
             and fault.at <= end
             and fault.at + fault.seconds >= start
             for fault in self.record.faults

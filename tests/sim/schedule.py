@@ -94,12 +94,12 @@ def run_world(
         loop.close()
 
 
-_references: dict[tuple[int, int], tuple[Record, list[Violation]]] = {}
+_references: dict[str, tuple[Record, list[Violation]]] = {}
 
 
 def reference_run(scenario: Scenario) -> tuple[Record, list[Violation]]:
     """The fault-free run of a scenario, and what it broke by itself (kept per scenario)."""
-    key = (scenario.seed, scenario.processes)
+    key = scenario.key
     if key not in _references:
         if len(_references) > 16:
             _references.clear()
@@ -109,18 +109,25 @@ def reference_run(scenario: Scenario) -> tuple[Record, list[Violation]]:
 
 
 def simulate(seed: int, tier: Callable[[], Tier] = MemoryTier) -> Result:
-    began = time.perf_counter()
+    """Schedule `seed`: its scenario and faults drawn, run, checked."""
     made = tier()
     scenario = make_scenario(seed // FAULTS_PER_SCENARIO)
     if made.single_process:
         scenario = scenario.on_one_process()
-    reference, broken = reference_run(scenario)
+    reference, _ = reference_run(scenario)
     shape = Shape(reference.ended, scenario.processes, reference.commits)
     faults = make_faults(seed, shape, single_process=scenario.single_process)
-    record = run_world(scenario, faults, made, seed, "faults")
+    return run_schedule(seed, scenario, faults, made)
+
+
+def run_schedule(seed: int, scenario: Scenario, faults: tuple[Fault, ...], tier: Tier) -> Result:
+    """One schedule as given (a pinned one, say), checked against its fault-free run."""
+    began = time.perf_counter()
+    reference, broken = reference_run(scenario)
+    record = run_world(scenario, faults, tier, seed, "faults")
     violations = [
         Violation(f"{v.invariant} (fault-free run)", v.execution_id, v.detail, v.excerpt)
         for v in broken
     ]
     violations += check(record, reference)
-    return Result(seed, made.name, violations, record, reference, time.perf_counter() - began)
+    return Result(seed, tier.name, violations, record, reference, time.perf_counter() - began)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.sim.schedule import Result, simulate
+from tests.sim import pinned
+from tests.sim.schedule import Result, run_schedule, simulate
 from tests.sim.tiers import MemoryTier, SqlTier, Tier
 
 KNOWN_BUGS = "the engine does not pass the fault simulator yet (issue 10): STEPSTREAM_SIM=1 runs it"
@@ -27,9 +29,6 @@ SCHEDULES = int(os.environ.get("STEPSTREAM_SIM_SCHEDULES", "2000"))
 SQL_SCHEDULES = int(os.environ.get("STEPSTREAM_SIM_SQL_SCHEDULES", "24"))
 # Reported in full; the rest are counted. Past this many the run stops early.
 SHOWN, ENOUGH = 5, 25
-
-# Schedules that found a bug, replayed every run (their reports are in the findings).
-PINNED = (142, 525, 557, 697, 1971)
 
 
 def _first_seed() -> int:
@@ -61,9 +60,9 @@ def test_random_schedules_on_the_in_memory_store() -> None:
     _run(SCHEDULES, MemoryTier)
 
 
-@pytest.mark.parametrize("seed", PINNED)
-def test_a_schedule_that_found_a_bug(seed: int) -> None:
-    result = simulate(seed)
+@pytest.mark.parametrize("path", pinned.every(), ids=lambda path: path.stem)
+def test_a_schedule_that_found_a_bug(path: Path) -> None:
+    result = run_schedule(*pinned.load(path), MemoryTier())
     if result.failed:
         pytest.fail(result.report(), pytrace=False)
 

@@ -81,8 +81,9 @@ class SqlTier:
 
     async def release(self, store: ExecutionStore) -> None:
         if store in self._open:
-            self._open.remove(store)
             await store.close()
+            if store in self._open:
+                self._open.remove(store)
 
     async def close(self) -> None:
         for store in list(self._open):

@@ -13,6 +13,8 @@ tell apart the findings of one feature from another's.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import random
 from collections.abc import Mapping
@@ -92,6 +94,11 @@ class Scenario:
     # True: single-process deployment (SQLite): a restart takes every run over at once.
     single_process: bool
 
+    @functools.cached_property
+    def key(self) -> str:
+        """Tells scenarios apart for the caches, whatever generator drew them."""
+        return json.dumps([self.seed, self.processes, self.definitions], sort_keys=True)
+
     def definition(self, workflow_id: str) -> Mapping[str, Any]:
         return next(d for d in self.definitions if d["id"] == workflow_id)
 
@@ -108,14 +115,14 @@ class Scenario:
 
 
 TENANT = "default"
-_parsed: dict[int, dict[str, WorkflowDefinition | EngineError]] = {}
+_parsed: dict[str, dict[str, WorkflowDefinition | EngineError]] = {}
 
 
 def parsed_definitions(scenario: Scenario) -> dict[str, WorkflowDefinition | EngineError]:
     """Each definition parsed as registering it does, or why it was refused. Parsing
     (JSON Schema validation above all) costs more than running most schedules, so it is
     done once per scenario."""
-    if scenario.seed not in _parsed:
+    if scenario.key not in _parsed:
         if len(_parsed) > 64:
             _parsed.clear()
         found: dict[str, WorkflowDefinition | EngineError] = {}
@@ -124,8 +131,8 @@ def parsed_definitions(scenario: Scenario) -> dict[str, WorkflowDefinition | Eng
                 found[str(data["id"])] = parse_definition({**data, "tenant": TENANT})
             except EngineError as exc:
                 found[str(data["id"])] = exc
-        _parsed[scenario.seed] = found
-    return _parsed[scenario.seed]
+        _parsed[scenario.key] = found
+    return _parsed[scenario.key]
 
 
 class _Maker:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,6 +39,7 @@ LEASE_DURATION = 10.0
 LEASE_INTERVAL = 2.0
 HORIZON = 1800.0  # virtual seconds: a schedule not over by then never ends
 STALL = 120.0  # nothing committed for this long, nothing more planned: it never ends
+SHUTDOWN = 60.0  # virtual seconds the tasks get to finish once every process is stopped
 MAX_CALLS = 60_000  # store calls: beyond this the engine is spinning
 
 
@@ -75,6 +78,7 @@ class World:
     tenant: str = "default"
     over: bool = False
     stores: list[ProcessStore] = field(default_factory=list)
+    stuck: list[asyncio.Task[Any]] = field(default_factory=list)
     observer: ExecutionStore = field(init=False)
     ledger: Ledger = field(init=False)
 
@@ -271,9 +275,13 @@ class World:
         if fault.kind == "join":
             await self._boot(fault.process)
             return
-        if fault.kind in ("partition", "outage"):
+        if fault.kind in ("partition", "outage", "stall"):
             windows = self.windows.setdefault(fault.process, Windows())
-            target = windows.partitions if fault.kind == "partition" else windows.outages
+            target = {
+                "partition": windows.partitions,
+                "outage": windows.outages,
+                "stall": windows.stalls,
+            }[fault.kind]
             target.append((fault.at, fault.at + fault.seconds))
             return
         process = self.processes.get(fault.process)
@@ -286,6 +294,8 @@ class World:
             await self._stop_gracefully(process)
         elif fault.kind == "kill_at_commit":
             process.store.kill_at[process.store.commits + fault.nth] = fault.mode
+        elif fault.kind == "fail_read":
+            process.store.fail_reads.add(process.store.reads + fault.nth)
         else:
             process.store.fail_writes[process.store.writes + fault.nth] = fault.mode
 
@@ -344,9 +354,16 @@ class World:
         others = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
         for task in others:
             task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+        # A dead process's task may wait for a future only its own (cancelled) tasks would
+        # have settled; a real process would be gone with it. Bounded, in virtual time.
+        if others:
+            await asyncio.wait(others, timeout=SHUTDOWN)
         await self.tier.close()
         loop.set_task_factory(None)
+        self.stuck = [t for t in others if not t.done()]
+        if self.stuck and os.environ.get("STEPSTREAM_SIM_DEBUG"):
+            for task in self.stuck:
+                task.print_stack(file=sys.stderr)
 
 
 def _never() -> None:
