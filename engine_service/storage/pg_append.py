@@ -132,9 +132,15 @@ class PgAppender:
         parameters = batch_parameters(batch, owner=owner, needs_snapshot=needs_snapshot)
         pool = await self._open()
         async with pool.acquire() as connection:
-            matched, _ = await connection.fetchrow(
-                _STATEMENT, *(parameters[name] for name in _PARAMETERS)
-            )
+            try:
+                matched, _ = await connection.fetchrow(
+                    _STATEMENT, *(parameters[name] for name in _PARAMETERS)
+                )
+            except (asyncpg.InternalClientError, asyncio.CancelledError):
+                # The connection is mid-protocol (the server went away, or this call was
+                # cancelled half-way): it must not serve another batch.
+                connection.terminate()
+                raise
         return bool(matched)
 
     async def _open(self) -> asyncpg.Pool:

@@ -25,6 +25,9 @@ _UNREACHABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,  # starting up or shutting down
     asyncpg.InterfaceError,
+    # The server ended the connection in the middle of an operation (asyncpg raises
+    # this rather than an InterfaceError: "cannot switch to state ...").
+    asyncpg.InternalClientError,
 )
 
 
