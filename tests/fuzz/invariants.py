@@ -1,13 +1,15 @@
 """No partial rows: what a half-applied request would leave behind, asked of the database.
 
-Each query returns the rows that break one rule; a clean database returns none. They run
-after the service stopped, so nothing is in flight.
+Each query returns the rows that break one rule; a clean database returns none. The
+engine's run after it stopped, so nothing is in flight; analytics' after the burst.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from engine_service.storage import create_database_engine
 
 ENGINE_RULES = {
     "an execution whose events are not exactly 1..last_sequence": """
@@ -63,6 +65,15 @@ ANALYTICS_RULES = {
         WHERE r.n IS NULL OR r.n <> f.n
     """,
 }
+
+
+async def broken_rules_at(database_url: str, rules: dict[str, str]) -> list[str]:
+    """`broken_rules` of the database at `database_url`, on a connection of its own."""
+    engine = create_database_engine(database_url)
+    try:
+        return await broken_rules(engine, rules)
+    finally:
+        await engine.dispose()
 
 
 async def broken_rules(engine: AsyncEngine, rules: dict[str, str]) -> list[str]:
