@@ -143,3 +143,27 @@ def excerpt(events: Sequence[ExecutionEvent], around: int | None = None, width: 
     else:
         chosen = events[max(0, around - width) : around + width + 1]
     return "\n".join("    " + line(e) for e in chosen)
+
+
+_HANDLER_KINDS = {
+    EventKind.STEP_FALLBACK_FINISHED: "FALLBACK",
+    EventKind.STEP_COMPENSATION_FINISHED: "COMPENSATION",
+}
+_ENDINGS = frozenset({SS.COMPLETED, SS.FAILED, SS.TIMED_OUT, SS.CANCELLED})
+
+
+def expected_attempt_rows(events: Sequence[ExecutionEvent]) -> dict[tuple[str, int, str], str]:
+    """(step, attempt, kind) -> status: each attempt's own ending (the first after its
+    RUNNING; a later CANCELLED of the step waiting to retry is not the attempt's), and
+    each fallback's and compensation's."""
+    rows: dict[tuple[str, int, str], str] = {}
+    for event in events:
+        if event.kind in _HANDLER_KINDS and event.step_status is not None:
+            rows[(event.step_id, event.attempt, _HANDLER_KINDS[event.kind])] = event.step_status
+        elif event.kind is EventKind.STEP_STATUS_CHANGED and event.attempt > 0:
+            key = (event.step_id, event.attempt, "ATTEMPT")
+            if event.step_status is SS.RUNNING:
+                rows[key] = SS.RUNNING.value
+            elif event.step_status in _ENDINGS and rows.get(key) == SS.RUNNING.value:
+                rows[key] = event.step_status.value
+    return {key: str(status) for key, status in rows.items()}

@@ -29,7 +29,16 @@ from engine_service.core.state import (
     replay,
 )
 from tests.sim.compare import same_outcomes
-from tests.sim.history import EPSILON, SUCCESSFUL, Violation, excerpt, is_lost, read, seconds
+from tests.sim.history import (
+    EPSILON,
+    SUCCESSFUL,
+    Violation,
+    excerpt,
+    expected_attempt_rows,
+    is_lost,
+    read,
+    seconds,
+)
 from tests.sim.lineage import Lineage
 from tests.sim.probe import LOST
 from tests.sim.record import Record
@@ -88,6 +97,7 @@ class _Checker:
         found += self._ending(state, definition)
         found += self._attempts(state, definition)
         found += self._timeout(state, definition)
+        found += self._attempt_rows(state)
         found += self.lineage.check(state, definition)
         return found
 
@@ -238,6 +248,28 @@ class _Checker:
                 f"deadline t={deadline:g}, but the run went on to t={decided:g} "
                 f"and ended {state.status}",
                 excerpt(events),
+            )
+
+    def _attempt_rows(self, state: ExecutionState) -> Iterator[Violation]:
+        """One `step_attempts` row per attempt, fallback and compensation, each with its
+        own outcome (read independently of the store's own bookkeeping)."""
+        stored = self.record.attempt_rows
+        if stored is None:
+            return
+        mine = {key[1:]: status for key, status in stored.items() if key[0] == state.id}
+        expected = expected_attempt_rows(self.record.events[state.id])
+        if mine != expected:
+            wrong = sorted(
+                f"{step}#{attempt} {kind}: {mine.get((step, attempt, kind))} "
+                f"(history: {expected.get((step, attempt, kind))})"
+                for step, attempt, kind in mine.keys() | expected.keys()
+                if mine.get((step, attempt, kind)) != expected.get((step, attempt, kind))
+            )
+            yield Violation(
+                "step-attempts-rows-match-the-history",
+                state.id,
+                "; ".join(wrong),
+                excerpt(self.record.events[state.id]),
             )
 
     # ---- commands ----------------------------------------------------------------------

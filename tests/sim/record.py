@@ -40,3 +40,5 @@ class Record:
     fault_log: list[tuple[float, str]]
     ended: float
     commits: tuple[int, ...]  # per process slot
+    # The store's `step_attempts` rows, status by (execution, step, attempt, kind): SQL only.
+    attempt_rows: dict[tuple[str, str, int, str], str] | None = None

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from sqlalchemy import select
+
 from engine_service.core.memory_store import InMemoryStore
 from engine_service.core.store import ExecutionStore
 from engine_service.storage import SqlExecutionStore, create_database_engine, open_store
+from engine_service.storage.models import step_attempts
+
+# (execution, step, attempt, kind: ATTEMPT | FALLBACK | COMPENSATION)
+AttemptKey = tuple[str, str, int, str]
 
 
 class Tier(Protocol):
@@ -31,6 +37,9 @@ class Tier(Protocol):
 
     async def release(self, store: ExecutionStore) -> None:
         """A process died: let go of what its store holds."""
+
+    async def step_attempts(self, execution_ids: list[str]) -> dict[AttemptKey, str] | None:
+        """The `step_attempts` rows of these executions: their status by key (SQL only)."""
 
     async def close(self) -> None: ...
 
@@ -50,6 +59,9 @@ class MemoryTier:
         return self._store
 
     async def release(self, store: ExecutionStore) -> None:
+        return None
+
+    async def step_attempts(self, execution_ids: list[str]) -> dict[AttemptKey, str] | None:
         return None
 
     async def close(self) -> None:
@@ -84,6 +96,19 @@ class SqlTier:
             await store.close()
             if store in self._open:
                 self._open.remove(store)
+
+    async def step_attempts(self, execution_ids: list[str]) -> dict[AttemptKey, str] | None:
+        assert self._observer is not None
+        rows = select(
+            step_attempts.c.execution_id,
+            step_attempts.c.step_id,
+            step_attempts.c.attempt,
+            step_attempts.c.kind,
+            step_attempts.c.status,
+        ).where(step_attempts.c.execution_id.in_(execution_ids))
+        async with self._observer.engine.connect() as connection:
+            found = (await connection.execute(rows)).all()
+        return {(r[0], r[1], r[2], r[3]): r[4] for r in found}
 
     async def close(self) -> None:
         for store in list(self._open):

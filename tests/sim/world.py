@@ -18,7 +18,7 @@ import random
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from engine_service.core.clock import LoopClock
 from engine_service.core.commands import Command
@@ -39,6 +39,7 @@ LEASE_DURATION = 10.0
 LEASE_INTERVAL = 2.0
 HORIZON = 1800.0  # virtual seconds: a schedule not over by then never ends
 STALL = 120.0  # nothing committed for this long, nothing more planned: it never ends
+T = TypeVar("T")
 SHUTDOWN = 60.0  # virtual seconds the tasks get to finish once every process is stopped
 MAX_CALLS = 60_000  # store calls: beyond this the engine is spinning
 
@@ -86,7 +87,7 @@ class World:
         loop = asyncio.get_running_loop()
         loop.set_task_factory(self.tasks.factory)  # type: ignore[arg-type]
         self.hold = Hold() if self.tier.holds_time else None
-        observer = await self.tier.open()
+        observer = await self._held(self.tier.open())
         # Seen through a store wrapper too, so reads hold virtual time like the engine's.
         self.observer = ProcessStore(observer, Windows(), on_kill=_never, hold=self.hold)  # type: ignore[assignment]
         self.ledger = Ledger(self.observer)
@@ -165,7 +166,7 @@ class World:
     async def _boot(self, slot: int) -> None:
         incarnation = self.incarnations[slot] = self.incarnations.get(slot, 0) + 1
         tag = f"p{slot}.{incarnation}"
-        raw = await self.tier.process_store(f"p{slot}")
+        raw = await self._held(self.tier.process_store(f"p{slot}"))
         windows = self.windows.setdefault(slot, Windows())
         process: Process
         store = ProcessStore(
@@ -203,6 +204,17 @@ class World:
             process.restart_after = 1.0
             self._kill(process)
 
+    async def _held(self, call: Awaitable[T]) -> T:
+        """A call to the database outside the store port (opening, closing) holds virtual
+        time too: connection timeouts are measured on the loop's clock."""
+        if self.hold is None:
+            return await call
+        self.hold.enter()
+        try:
+            return await call
+        finally:
+            self.hold.exit()
+
     def _counted(self) -> None:
         self.calls += 1
         if self.calls > MAX_CALLS and not self.aborted:
@@ -231,7 +243,7 @@ class World:
             if not self.tasks.alive(process.tag):
                 break
             await asyncio.sleep(0)
-        await self.tier.release(process.raw)
+        await self._held(self.tier.release(process.raw))
 
     async def _restart(self, slot: int, delay: float) -> None:
         try:
@@ -323,6 +335,7 @@ class World:
         for command in self._sent_commands():
             with contextlib.suppress(NotFound):  # its add_command failed
                 stored.append(await self.observer.get_command(command.id))
+        rows = await self._held(self.tier.step_attempts([s.id for s in states]))
         return Record(
             scenario=self.scenario,
             faults=self.faults,
@@ -336,6 +349,7 @@ class World:
             fault_log=self.fault_log,
             ended=ended,
             commits=tuple(self.commits.get(i, 0) for i in range(max(self.commits, default=-1) + 1)),
+            attempt_rows=rows,
         )
 
     def _sent_commands(self) -> list[Command]:
@@ -358,7 +372,7 @@ class World:
         # have settled; a real process would be gone with it. Bounded, in virtual time.
         if others:
             await asyncio.wait(others, timeout=SHUTDOWN)
-        await self.tier.close()
+        await self._held(self.tier.close())
         loop.set_task_factory(None)
         self.stuck = [t for t in others if not t.done()]
         if self.stuck and os.environ.get("STEPSTREAM_SIM_DEBUG"):
