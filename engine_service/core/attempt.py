@@ -15,6 +15,7 @@ from typing import Any
 
 from engine_service.core import references
 from engine_service.core.actions import ActionContext, ActionError, ActionRegistry, UnknownAction
+from engine_service.core.errors import StorageError
 from engine_service.core.model import StepDefinition
 from engine_service.core.retry import is_retryable
 from engine_service.core.state import Failure, StepStatus
@@ -58,6 +59,10 @@ async def invoke_action(
         failure = Failure(ATTEMPT_TIMEOUT_ERROR, f"attempt exceeded {step.timeout}s")
         retryable = is_retryable(step.retry, failure.type, True)
         return failed_outcome(SS.TIMED_OUT, failure, retryable=retryable, started=started)
+    except StorageError:
+        # The engine's own store failed inside the action (a child execution's): not the
+        # step's failure. The runner stops and the attempt counts as lost.
+        raise
     except UnknownAction as exc:
         failure = Failure("UnknownAction", str(exc))
         return failed_outcome(SS.FAILED, failure, retryable=False, started=started)

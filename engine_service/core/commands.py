@@ -10,6 +10,7 @@ replica waits for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,7 +19,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from engine_service.core.clock import Clock
-from engine_service.core.errors import EngineError, IllegalTransition
+from engine_service.core.errors import (
+    ConcurrentModification,
+    EngineError,
+    IllegalTransition,
+    LeaseLost,
+)
 from engine_service.core.state import ExecutionStatus
 
 if TYPE_CHECKING:
@@ -125,7 +131,11 @@ class CommandDesk:
 
     async def deliver(self, runner: ExecutionRunner, command: Command) -> None:
         """Apply one stored command to a run this process drives, unless it is already
-        being applied."""
+        being applied. A cancel takes effect at once, before anything else is awaited:
+        no attempt starts once the cancel is stored."""
+        if command.kind is CommandKind.CANCEL:
+            with contextlib.suppress(IllegalTransition):  # refused below, with the store
+                runner.request_cancel(command.reason)
         async with self._lock:
             if command.id not in self._deciding:
                 await self._apply(runner, command)
@@ -144,6 +154,8 @@ class CommandDesk:
                 await runner.pause()
             else:
                 await runner.resume(command.inputs)
+        except (LeaseLost, ConcurrentModification):
+            return  # another process drives the run now: the command waits for it
         except IllegalTransition as exc:
             await self._store.decide_command(command.id, CommandOutcome.REFUSED, str(exc.current))
         else:

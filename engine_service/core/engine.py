@@ -7,6 +7,7 @@ Transport calls these methods; each execution that is not finished has one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -402,10 +403,12 @@ class Engine:
         self, execution_id: str, *, tenant: str | None = None
     ) -> ExecutionState:
         runner = await self._runner(execution_id, tenant, ExecutionStatus.PAUSED)
-        if runner is None:
-            await self._send_command(execution_id, CommandKind.PAUSE)
-            return await self.store.get_execution(execution_id)
-        return await runner.pause()
+        if runner is not None:
+            with contextlib.suppress(LeaseLost, ConcurrentModification):
+                return await runner.pause()
+            # Claimed by another process meanwhile: the command is stored for it.
+        await self._send_command(execution_id, CommandKind.PAUSE)
+        return await self.store.get_execution(execution_id)
 
     async def resume_execution(
         self,
@@ -415,10 +418,12 @@ class Engine:
         inputs: Mapping[str, Any] | None = None,
     ) -> ExecutionState:
         runner = await self._runner(execution_id, tenant, ExecutionStatus.RUNNING)
-        if runner is None:
-            await self._send_command(execution_id, CommandKind.RESUME, inputs=dict(inputs or {}))
-            return await self.store.get_execution(execution_id)
-        return await runner.resume(dict(inputs or {}))
+        if runner is not None:
+            with contextlib.suppress(LeaseLost, ConcurrentModification):
+                return await runner.resume(dict(inputs or {}))
+            # Claimed by another process meanwhile: the command is stored for it.
+        await self._send_command(execution_id, CommandKind.RESUME, inputs=dict(inputs or {}))
+        return await self.store.get_execution(execution_id)
 
     async def _send_command(
         self,
@@ -430,7 +435,11 @@ class Engine:
     ) -> None:
         command = self._commands.command(execution_id, kind, reason=reason, inputs=inputs)
         await self.store.add_command(command)
-        await self.apply_commands()  # this process may have taken the execution over
+        runner = self._runners.get(execution_id)
+        if runner is not None:
+            await self._commands.deliver(runner, command)
+        else:
+            await self.apply_commands()  # this process may have taken the execution over
         await self._commands.outcome(command)
 
     async def apply_commands(self) -> int:
