@@ -218,7 +218,7 @@ class ProcessStore:
         self.fail_reads: set[int] = set()
         self._stalled: asyncio.Future[Any] | None = None
         self.kill_at: dict[int, Mode] = {}
-        self.commands: list[Any] = []
+        self.commands: list[tuple[Any, float]] = []  # (Command, when stored)
         for name in WRITES | READS:
             target = getattr(inner, name)
             setattr(self, name, self._wrap(name, target))
@@ -246,8 +246,6 @@ class ProcessStore:
                 name == "renew_leases" and Windows.active(self._windows.partitions, now)
             ):
                 return _failed(f"{name}: the database is unreachable from this process")
-            if name == "add_command" and args:
-                self.commands.append(args[0])
             strike = self._strike(name)
             if strike:
                 self._on_strike(f"{strike} {name}{_what(name, args)}")
@@ -259,9 +257,23 @@ class ProcessStore:
                 return _cancelled()
             if strike in ("fail-after", "kill-after"):
                 return self._after(invoke, lazy, strike)
-            return self._held(invoke()) if self._hold else invoke()
+            result = self._held(invoke()) if self._hold else invoke()
+            if name == "add_command" and args:
+                return self._noting_stored(args[0], result)
+            return result
 
         return call
+
+    def _noting_stored(self, command: Any, result: Awaitable[Any]) -> Awaitable[Any]:
+        """When each command became durable: from then on it is accepted."""
+        future = asyncio.ensure_future(result)
+
+        def stored(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.commands.append((command, asyncio.get_running_loop().time()))
+
+        future.add_done_callback(stored)
+        return future
 
     def _stall(self, seconds: float, dispatch: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
         """Held until the stall is over, then made, in the order the calls came."""

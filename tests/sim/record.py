@@ -34,7 +34,8 @@ class Record:
     executions: dict[str, ExecutionState]
     events: dict[str, list[ExecutionEvent]]
     commands: list[CommandLog]
-    stored_commands: list[Command]
+    stored_commands: list[Command]  # as decided at the end
+    command_stored: dict[str, float]  # command id -> when it was durably stored
     ledger: Ledger
     problems: list[tuple[str, str]]  # (invariant, detail) seen by the world itself
     fault_log: list[tuple[float, str]]

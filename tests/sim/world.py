@@ -11,7 +11,6 @@ its process dies is lost with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import random
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 from engine_service.core.clock import LoopClock
 from engine_service.core.commands import Command
 from engine_service.core.engine import Engine, EngineConfig
-from engine_service.core.errors import EngineError, NotFound
+from engine_service.core.errors import EngineError
 from engine_service.core.leases import LeaseKeeper, LeaseSettings
 from engine_service.core.state import ExecutionState
 from engine_service.core.store import ExecutionQuery, ExecutionStore
@@ -332,9 +331,9 @@ class World:
             self.commits[process.slot] = self.commits.get(process.slot, 0) + (
                 process.store.commits if process.alive else 0
             )
-        for command in self._sent_commands():
-            with contextlib.suppress(NotFound):  # its add_command failed
-                stored.append(await self.observer.get_command(command.id))
+        sent = self._sent_commands()
+        for command, _ in sent:
+            stored.append(await self.observer.get_command(command.id))
         rows = await self._held(self.tier.step_attempts([s.id for s in states]))
         return Record(
             scenario=self.scenario,
@@ -344,6 +343,7 @@ class World:
             events=events,
             commands=self.commands,
             stored_commands=stored,
+            command_stored={c.id: at for c, at in sent},
             ledger=self.ledger,
             problems=self.problems,
             fault_log=self.fault_log,
@@ -352,11 +352,12 @@ class World:
             attempt_rows=rows,
         )
 
-    def _sent_commands(self) -> list[Command]:
-        seen: dict[str, Command] = {}
+    def _sent_commands(self) -> list[tuple[Command, float]]:
+        """Every command a process stored, with when it was stored."""
+        seen: dict[str, tuple[Command, float]] = {}
         for store in self.stores:
-            for command in store.commands:
-                seen.setdefault(command.id, command)
+            for command, at in store.commands:
+                seen.setdefault(command.id, (command, at))
         return list(seen.values())
 
     async def _shutdown(self) -> None:
