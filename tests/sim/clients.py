@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -68,6 +69,8 @@ async def start_root(world: Cluster, index: int) -> None:
 
 async def send_command(world: Cluster, plan: CommandPlan) -> None:
     target = world.roots[plan.root]
+    if target and plan.child:
+        target = await _descendant(world, target, plan)
     process = world.live(plan.process)
     if not target or process is None:
         return
@@ -116,6 +119,21 @@ async def operator(world: Cluster) -> None:
             call = functools.partial(process.engine.resume_execution, state.id, inputs=inputs)
             task = world.tasks.spawn_driver(world.call(process, call))
             task.add_done_callback(functools.partial(_done, busy, state.id))
+
+
+async def _descendant(world: Cluster, root: str, plan: CommandPlan) -> str:
+    """An unfinished descendant of `root`, drawn from the plan (so the same each run)."""
+    states = await world.states()
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = sorted(s.id for s in states if s.parent_execution_id == parent)
+        frontier += children
+        found += [s for s in states if s.id in children and not s.status.is_terminal]
+    if not found:
+        return ""
+    found.sort(key=lambda s: (s.depth, s.created_at, s.workflow_id, s.parent_step_id))
+    return random.Random(f"{world.seed}-{plan.at}").choice(found).id
 
 
 def _done(busy: set[str], execution_id: str, _task: object) -> None:

@@ -2,10 +2,11 @@
 
 Faults may delay a run but never change how it ends, except through what timing may
 legitimately decide: a command (sent earlier or later in the run's life), a workflow
-timeout (restarts delay runs; jitter draws differ), or a step timeout around a child
-(how long a child takes depends on the faults its processes suffer). Roots touched by
-one of those are not compared. A run that failed is compared by its status only: which
-steps were cancelled rather than done depends on timing.
+timeout (restarts delay runs; jitter draws differ), a step timeout around a child (how
+long a child takes depends on the faults its processes suffer), or a step the engine gave
+up on after too many lost attempts. Roots touched by one of those are not compared. A run
+that failed is compared by its status only: which steps were cancelled rather than done
+depends on timing.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from engine_service.core.model import WorkflowDefinition
-from engine_service.core.state import ExecutionState, ExecutionStatus
+from engine_service.core.state import ExecutionState, ExecutionStatus, StepState
 from tests.sim.history import SUCCESSFUL, Violation, excerpt
+from tests.sim.probe import LOST
 from tests.sim.record import Record
 
 ES = ExecutionStatus
@@ -57,7 +59,14 @@ def _comparable(
         for state in _tree(run, root):
             if state.status is ES.TIMED_OUT or _timed_child(definitions.get(state.workflow_id)):
                 return False
+            if any(_given_up(step) for step in state.steps.values()):
+                return False
     return True
+
+
+def _given_up(step: StepState) -> bool:
+    """Failed for having been lost too often: the engine's bound, not timing-free."""
+    return step.error is not None and step.error.type == LOST
 
 
 def _tree(record: Record, root: str) -> list[ExecutionState]:

@@ -16,7 +16,6 @@ from engine_service.core.model import ActionCall, WorkflowDefinition
 from engine_service.core.state import EventKind, ExecutionState, ExecutionStatus, StepStatus
 from tests.sim.history import EPSILON, SUCCESSFUL, Violation, excerpt, read, seconds
 from tests.sim.record import Record
-from tests.sim.world import LEASE_INTERVAL
 
 ES = ExecutionStatus
 SS = StepStatus
@@ -125,14 +124,16 @@ class Lineage:
             return
         ended = seconds(parent.finished_at)
         # The cascade reaches a child driven elsewhere at that process's next lease round.
-        reach = ended + LEASE_INTERVAL + EPSILON
+        reach = ended + self.record.scenario.lease[1] + EPSILON
         late = [
             e
             for e in self.record.events[child.id]
             if e.step_status is SS.RUNNING and seconds(e.timestamp) > reach
         ]
         finished = seconds(child.finished_at)
-        if (finished > reach or late) and self._quiet(ended, finished):
+        decided = self._decided(child)  # its own ending, kept over the cascade's cancel
+        ran_on = finished > reach and (decided is None or decided > reach)
+        if (ran_on or late) and self._quiet(ended, finished):
             yield Violation(
                 "children-follow-their-parents-ending",
                 child.id,
@@ -140,6 +141,20 @@ class Lineage:
                 f"to t={finished:g} and ended {child.status}",
                 excerpt(self.record.events[child.id]),
             )
+
+    def _decided(self, execution: ExecutionState) -> float | None:
+        """When the execution's ending was decided (a fatal failure, a step cancelled)."""
+        definition = self.definitions.get(execution.workflow_id)
+        if definition is None:
+            return None
+        events = self.record.events[execution.id]
+        reading = read(definition, events)
+        found = [
+            seconds(events[i].timestamp)
+            for i in (reading.fatal, reading.cancelled)
+            if i is not None
+        ]
+        return min(found, default=None)
 
     def _cause(self, parent: ExecutionState, step_id: str) -> float | None:
         """When the parent first gave its children (of `step_id`) a reason to be cancelled."""

@@ -43,6 +43,7 @@ def load(path: Path) -> tuple[int, Scenario, tuple[Fault, ...]]:
         processes=raw["processes"],
         slots=raw["slots"],
         single_process=raw["single_process"],
+        lease=tuple(raw.get("lease", (10.0, 2.0))),
     )
     return int(data["seed"]), scenario, tuple(Fault(**f) for f in data["faults"])
 

@@ -40,6 +40,7 @@ FEATURES = frozenset(
         "child_handlers",  # fallbacks and compensations through `workflow`
         "missing_inputs",  # steps that read an input given only on resume
         "commands",  # cancel, pause, resume at random times
+        "child_commands",  # commands sent to a child execution
         "small_slots",  # few engine-wide step slots
         "concurrency_limits",  # the workflow's max_concurrent_steps
     }
@@ -79,6 +80,8 @@ class CommandPlan:
     yields: int
     process: int
     inputs: Mapping[str, Any] = field(default_factory=dict)
+    # Sent to one of the root's unfinished descendants (drawn when it is sent), not to it.
+    child: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class Scenario:
     slots: int
     # True: single-process deployment (SQLite): a restart takes every run over at once.
     single_process: bool
+    # LeaseSettings (duration, interval) of every process.
+    lease: tuple[float, float] = (10.0, 2.0)
 
     @functools.cached_property
     def key(self) -> str:
@@ -293,6 +298,7 @@ def make_scenario(seed: int, features: frozenset[str] | None = None) -> Scenario
         processes=processes,
         slots=rng.choice((1, 2, 3, 256)) if "small_slots" in features else 256,
         single_process=processes == 1 and rng.random() < 0.5,
+        lease=rng.choice(((10.0, 2.0), (10.0, 2.0), (4.0, 1.0), (30.0, 5.0))),
     )
 
 
@@ -303,6 +309,17 @@ def _commands(
         return ()
     commands: list[CommandPlan] = []
     for root in range(roots):
+        for _ in range(rng.choice((0, 0, 0, 1, 2, 3))):  # any command, in any order
+            commands.append(
+                CommandPlan(
+                    rng.choice(("cancel", "pause", "resume", "resume")),
+                    root,
+                    rng.uniform(0, 15),
+                    rng.randint(0, 12),
+                    rng.randrange(processes),
+                    child="child_commands" in features and rng.random() < 0.3,
+                )
+            )
         if rng.random() < 0.25:
             commands.append(
                 CommandPlan(

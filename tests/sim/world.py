@@ -34,8 +34,6 @@ from tests.sim.tasks import Tasks
 from tests.sim.tiers import Tier
 from tests.sim.workflows import Scenario, parsed_definitions
 
-LEASE_DURATION = 10.0
-LEASE_INTERVAL = 2.0
 HORIZON = 1800.0  # virtual seconds: a schedule not over by then never ends
 STALL = 120.0  # nothing committed for this long, nothing more planned: it never ends
 T = TypeVar("T")
@@ -191,8 +189,8 @@ class World:
         )
         settings = LeaseSettings(
             owner=f"p{slot}",
-            duration=LEASE_DURATION,
-            interval=LEASE_INTERVAL,
+            duration=self.scenario.lease[0],
+            interval=self.scenario.lease[1],
             take_over_on_start=self.scenario.single_process,
         )
         process = Process(slot, tag, store, engine, LeaseKeeper(engine, settings), raw)
