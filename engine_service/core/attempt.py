@@ -88,11 +88,33 @@ async def invoke_action(
     if size is None or size > max_output_bytes:
         failure = _unshippable(size, max_output_bytes)
         return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
+    if holds_nul(output):
+        # Postgres cannot store it (nor its JSON): the step fails rather than every
+        # write of the run, for ever.
+        failure = Failure("OutputNotStorable", "the output holds a NUL character")
+        return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
     problem = schema_problem(output, output_schema)
     if problem is not None:
         failure = Failure("OutputValidationError", problem)
         return failed_outcome(SS.FAILED, failure, retryable=False, started=started)
     return AttemptOutcome(SS.COMPLETED, output=output, duration=loop.time() - started)
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string or key of `value` (a JSON value already
+    bounded in size by `output_bytes`)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return False
 
 
 def output_bytes(output: Any) -> int | None:

@@ -222,11 +222,32 @@ class StepDecisions:
         return self._ancestry
 
 
+# An action names its own errors; what it names must fit where failures are kept (the
+# attempts table's error_type column, text without NUL on Postgres).
+MAX_ERROR_TYPE_LENGTH = 128
+MAX_ERROR_MESSAGE_LENGTH = 8192
+
+
 def failed_outcome(
     status: StepStatus, error: Failure, *, retryable: bool, started: float
 ) -> AttemptOutcome:
     duration = asyncio.get_running_loop().time() - started
+    error = storable_failure(error)
     return AttemptOutcome(status, error=error, retryable=retryable, duration=duration)
+
+
+def storable_failure(error: Failure) -> Failure:
+    """`error` as the store can keep it: NUL replaced, type and message cut to bounds."""
+    kind = _storable_text(error.type, MAX_ERROR_TYPE_LENGTH)
+    message = _storable_text(error.message, MAX_ERROR_MESSAGE_LENGTH)
+    if kind == error.type and message == error.message:
+        return error
+    return Failure(kind, message)
+
+
+def _storable_text(text: str, limit: int) -> str:
+    text = text.replace("\x00", "\ufffd")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def missing_input_failure(decision: SettleStep) -> Failure:
