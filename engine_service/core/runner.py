@@ -742,10 +742,11 @@ class _Start:
 
 
 def _lost_attempt_started(step: StepState) -> datetime | None:
-    """When the step's previous attempt started, if a stop lost it: read from the
-    committed state, so whichever process re-runs it can take over what it left."""
+    """When the step's unbroken run of lost attempts began, if a stop lost the previous
+    one: read from the committed state, so whichever process re-runs it can take over
+    what those attempts left (however many re-runs were lost in turn)."""
     lost = step.error is not None and step.error.type == LOST_ATTEMPT_ERROR
-    return step.started_at if step.status is SS.RETRYING and lost else None
+    return step.lost_since if step.status is SS.RETRYING and lost else None
 
 
 @dataclass(frozen=True, slots=True)

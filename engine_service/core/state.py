@@ -167,6 +167,10 @@ class StepState:
     # Attempts the engine lost by stopping mid-attempt: they never count against the
     # step's retry budget (see `ExecutionRunner._recover_lost_attempt`).
     lost_attempts: int = 0
+    # When the first of the step's latest unbroken run of lost attempts started (None
+    # once an attempt ends otherwise): what that run of attempts left (a child) started
+    # after this, and a re-run takes it over whichever process runs it.
+    lost_since: datetime | None = None
 
     @property
     def is_settled(self) -> bool:
@@ -288,13 +292,16 @@ def _next_step_state(current: StepState, target: StepStatus, event: ExecutionEve
     if target is SS.PENDING:
         return evolve(current, status=target, missing_inputs=())
     lost = current.lost_attempts
+    lost_since = None
     if event.error is not None and event.error.type == LOST_ATTEMPT_ERROR:
         lost += 1
+        lost_since = current.lost_since or current.started_at
     return evolve(
         current,
         status=target,
         attempt=max(current.attempt, event.attempt),
         lost_attempts=lost,
+        lost_since=lost_since,
         finished_at=event.timestamp,
         output=event.output,
         error=event.error,

@@ -139,6 +139,7 @@ def _step_to_json(step: StepState) -> dict[str, Any]:
         "next_attempt_at": _time(step.next_attempt_at),
         "child_execution_id": step.child_execution_id,
         "lost_attempts": step.lost_attempts,
+        "lost_since": _time(step.lost_since),
     }
 
 
@@ -158,6 +159,7 @@ def _step_from_json(step_id: str, data: Mapping[str, Any]) -> StepState:
         child_execution_id=data["child_execution_id"],
         # Snapshots written before lost attempts were counted have none.
         lost_attempts=data.get("lost_attempts", 0),
+        lost_since=_parse_time(data.get("lost_since")),
     )
 
 
