@@ -170,6 +170,10 @@ class Lineage:
         ]
         if parent.status.is_terminal and parent.status not in SUCCESSFUL:
             times.append(seconds(parent.finished_at))
+        timeout = self.definitions[parent.workflow_id].timeout
+        if parent.status is ES.TIMED_OUT and timeout is not None and parent.started_at:
+            # The deadline decides the ending by itself, recorded or not yet.
+            times.append(seconds(parent.started_at) + timeout)
         times += [  # the attempt (or handler) that waited for the child was stopped
             seconds(e.timestamp)
             for e in events
