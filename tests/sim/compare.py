@@ -12,6 +12,7 @@ depends on timing.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from engine_service.core.model import WorkflowDefinition
 from engine_service.core.state import ExecutionState, ExecutionStatus, StepState
@@ -32,12 +33,18 @@ def same_outcomes(
         theirs = reference.executions[str(reference.roots[index])]
         differs = mine.status is not theirs.status
         if not differs and mine.status in SUCCESSFUL:
-            differs = any(mine.steps[s].status is not theirs.steps[s].status for s in mine.steps)
+            differs = any(
+                mine.steps[s].status is not theirs.steps[s].status
+                or (_probe_output(mine.steps[s]) != _probe_output(theirs.steps[s]))
+                for s in mine.steps
+            )
         if differs:
             steps = ", ".join(
-                f"{s} {theirs.steps[s].status}->{mine.steps[s].status}"
+                f"{s} {theirs.steps[s].status} {_probe_output(theirs.steps[s])}->"
+                f"{mine.steps[s].status} {_probe_output(mine.steps[s])}"
                 for s in mine.steps
                 if mine.steps[s].status is not theirs.steps[s].status
+                or _probe_output(mine.steps[s]) != _probe_output(theirs.steps[s])
             )
             yield Violation(
                 "the-same-outcome-as-without-faults",
@@ -62,6 +69,12 @@ def _comparable(
             if any(_given_up(step) for step in state.steps.values()):
                 return False
     return True
+
+
+def _probe_output(step: StepState) -> Any:
+    """A probe's output (what its plan says it returns), not a child's (ids differ)."""
+    output = step.output
+    return output if isinstance(output, dict) and set(output) == {"v"} else None
 
 
 def _given_up(step: StepState) -> bool:

@@ -142,6 +142,7 @@ class Ledger:
                     f"{step.status} at attempt {step.attempt}",
                 )
             self._check_parameters(events, parameters, context, where)
+            self._check_upstream(state, parameters, where)
         elif role == "fallback" and (step.status not in FAILED_STEP_STATUSES or step.fallback_used):
             self._breach(
                 "a-fallback-runs-once-for-a-failed-step",
@@ -176,6 +177,19 @@ class Ledger:
                     where,
                     f"`{name}` was {parameters[name]!r}, but the inputs were "
                     f"{inputs.get(name)!r} when attempt {context.attempt} started",
+                )
+
+    def _check_upstream(
+        self, state: ExecutionState, parameters: Mapping[str, Any], where: Attempt
+    ) -> None:
+        """The step read each dependency's settled status, which never changes after."""
+        for dep, seen in dict(parameters.get("upstream") or {}).items():
+            now = state.steps[dep]
+            if not now.is_settled or seen != now.status.value:
+                self._breach(
+                    "a-step-starts-after-its-dependencies-settled",
+                    where,
+                    f"it read {dep} {seen}; the store has {dep} {now.status}",
                 )
 
     def _breach(self, invariant: str, attempt: Attempt, detail: str) -> None:

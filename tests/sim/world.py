@@ -37,6 +37,7 @@ from tests.sim.workflows import Scenario, parsed_definitions
 HORIZON = 1800.0  # virtual seconds: a schedule not over by then never ends
 STALL = 120.0  # nothing committed for this long, nothing more planned: it never ends
 T = TypeVar("T")
+STOP_WITHIN = 120.0  # virtual seconds a graceful stop (keeper, then engine) may take
 SHUTDOWN = 60.0  # virtual seconds the tasks get to finish once every process is stopped
 MAX_CALLS = 60_000  # store calls: beyond this the engine is spinning
 
@@ -140,7 +141,9 @@ class World:
                 if events != progress or self.pending:
                     progress, since = events, loop.time()
             unfinished = [s for s in await self.states() if not s.status.is_terminal]
-            what = ", ".join(f"{s.id[:8]} {s.status}" for s in unfinished)
+            what = ", ".join(f"{s.id[:8]} {s.status}" for s in unfinished) or "none"
+            if self.pending:  # a start, command, fault or restart never got done
+                what += f"; {self.pending} planned entries not done"
             reason = (
                 "the engine spun"
                 if self.aborted
@@ -255,7 +258,14 @@ class World:
             await process.keeper.stop()
             await process.engine.stop()
 
-        await self.call(process, stop)
+        stopped = await self.call(process, stop, within=STOP_WITHIN)
+        if isinstance(stopped, TimeoutError):
+            self.problems.append(
+                (
+                    "a-graceful-stop-ends",
+                    f"{process.tag}'s stop was not over after {STOP_WITHIN:g}s",
+                )
+            )
         self._kill(process)
 
     def live(self, preferred: int) -> Process | None:
@@ -264,15 +274,19 @@ class World:
             return process
         return next((p for p in self.processes.values() if p.alive), None)
 
-    async def call(self, process: Process, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def call(
+        self, process: Process, call: Callable[[], Awaitable[Any]], within: float | None = None
+    ) -> Any:
         """Run `call()` as a task of `process`; its result, or the exception it ended with
-        (CancelledError if the process died meanwhile)."""
+        (CancelledError if the process died meanwhile, TimeoutError if not over `within`)."""
 
         async def body() -> Any:
             return await call()
 
         task = self.tasks.spawn(process.tag, body())
-        await asyncio.wait([task])
+        await asyncio.wait([task], timeout=within)
+        if not task.done():
+            return TimeoutError()
         if task.cancelled():
             return asyncio.CancelledError()
         return task.exception() or task.result()
