@@ -202,7 +202,9 @@ class ProcessStore:
         on_call: Callable[[], None] = lambda: None,
         on_strike: Callable[[str], None] = lambda _what: None,
         hold: Hold | None = None,
+        tag: str = "",
     ) -> None:
+        self.tag = tag
         self._inner = inner
         self._on_call = on_call
         self._on_strike = on_strike

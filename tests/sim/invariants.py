@@ -41,7 +41,7 @@ from tests.sim.history import (
 )
 from tests.sim.lineage import Lineage
 from tests.sim.probe import LOST
-from tests.sim.record import Record
+from tests.sim.record import CommandLog, Record
 from tests.sim.workflows import Scenario, parsed_definitions
 
 ES = ExecutionStatus
@@ -289,7 +289,7 @@ class _Checker:
                         excerpt(self.record.events[command.target]),
                     )
                 elif command.local:
-                    accepted = self._accepted(command.target, command.issued)
+                    accepted = self._accepted(command)
                     yield from self._nothing_starts_after_cancel(command.target, accepted)
             if command.result.startswith("raised") and not command.result.startswith(RETRY_LATER):
                 yield Violation(
@@ -313,17 +313,20 @@ class _Checker:
                     excerpt(self.record.events[stored.execution_id]),
                 )
 
-    def _accepted(self, target: str, issued: float) -> float:
-        """When a cancel sent at `issued` took effect: once it was stored, if the engine
-        stores it first (a slow store delays it), else at once."""
-        stored = [
-            self.record.command_stored[c.id]
-            for c in self.record.stored_commands
-            if c.execution_id == target
-            and c.kind is CommandKind.CANCEL
-            and self.record.command_stored[c.id] >= issued
-        ]
-        return min(stored, default=issued)
+    def _accepted(self, command: CommandLog) -> float:
+        """When a cancel took effect: once the process it was sent to stored it (the
+        engine stores a cancel first: a slow store delays it), else when it was sent."""
+        stored = []
+        for c in self.record.stored_commands:
+            at, tag = self.record.command_stored[c.id]
+            if (
+                c.execution_id == command.target
+                and c.kind is CommandKind.CANCEL
+                and tag == command.process
+                and at >= command.issued
+            ):
+                stored.append(at)
+        return min(stored, default=command.issued)
 
     def _nothing_starts_after_cancel(self, execution_id: str, issued: float) -> Iterator[Violation]:
         events = self.record.events[execution_id]

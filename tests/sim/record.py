@@ -35,7 +35,8 @@ class Record:
     events: dict[str, list[ExecutionEvent]]
     commands: list[CommandLog]
     stored_commands: list[Command]  # as decided at the end
-    command_stored: dict[str, float]  # command id -> when it was durably stored
+    # command id -> when it was durably stored, by which process
+    command_stored: dict[str, tuple[float, str]]
     ledger: Ledger
     problems: list[tuple[str, str]]  # (invariant, detail) seen by the world itself
     fault_log: list[tuple[float, str]]

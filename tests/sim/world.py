@@ -176,6 +176,7 @@ class World:
             on_call=self._counted,
             on_strike=lambda what: self.fault_log.append((_now(), f"{tag}: {what}")),
             hold=self.hold,
+            tag=tag,
         )
         self.stores.append(store)
         config = EngineConfig(
@@ -344,7 +345,7 @@ class World:
                 process.store.commits if process.alive else 0
             )
         sent = self._sent_commands()
-        for command, _ in sent:
+        for command, _, _ in sent:
             stored.append(await self.observer.get_command(command.id))
         rows = await self._held(self.tier.step_attempts([s.id for s in states]))
         return Record(
@@ -355,7 +356,7 @@ class World:
             events=events,
             commands=self.commands,
             stored_commands=stored,
-            command_stored={c.id: at for c, at in sent},
+            command_stored={c.id: (at, tag) for c, at, tag in sent},
             ledger=self.ledger,
             problems=self.problems,
             fault_log=self.fault_log,
@@ -364,12 +365,12 @@ class World:
             attempt_rows=rows,
         )
 
-    def _sent_commands(self) -> list[tuple[Command, float]]:
-        """Every command a process stored, with when it was stored."""
-        seen: dict[str, tuple[Command, float]] = {}
+    def _sent_commands(self) -> list[tuple[Command, float, str]]:
+        """Every command a process stored, with when it was stored and by which process."""
+        seen: dict[str, tuple[Command, float, str]] = {}
         for store in self.stores:
             for command, at in store.commands:
-                seen.setdefault(command.id, (command, at))
+                seen.setdefault(command.id, (command, at, store.tag))
         return list(seen.values())
 
     async def _shutdown(self) -> None:
