@@ -3,7 +3,8 @@
 A seed names a schedule only as long as the generators draw the same way, so a schedule
 worth keeping is stored whole: its scenario (the definitions as submitted, the runs
 started, the commands) and its faults. `python -m tests.sim --seed N --pin NAME` writes
-one; the tests replay every one.
+one, marked `"open": true` (expected to fail) until the bug is fixed; the tests replay
+every one.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ DIRECTORY = Path(__file__).parent / "pinned"
 
 
 def save(name: str, seed: int, scenario: Scenario, faults: tuple[Fault, ...], note: str) -> Path:
+    """Keep a schedule that found a bug; it is open (expected to fail) until fixed."""
     path = DIRECTORY / f"{name}.json"
     data = {
         "seed": seed,
         "note": note,
+        "open": True,
         "scenario": asdict(scenario),
         "faults": [asdict(f) for f in faults],
     }
@@ -46,6 +49,11 @@ def load(path: Path) -> tuple[int, Scenario, tuple[Fault, ...]]:
         lease=tuple(raw.get("lease", (10.0, 2.0))),
     )
     return int(data["seed"]), scenario, tuple(Fault(**f) for f in data["faults"])
+
+
+def is_open(path: Path) -> bool:
+    """Whether the bug the schedule found is still open (it is expected to fail)."""
+    return bool(json.loads(path.read_text()).get("open", False))
 
 
 def every() -> list[Path]:

@@ -14,6 +14,7 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,7 +67,19 @@ def test_random_schedules_on_the_in_memory_store() -> None:
     _run(SCHEDULES, MemoryTier)
 
 
-@pytest.mark.parametrize("path", pinned.every(), ids=lambda path: path.stem)
+def _pinned() -> list[Any]:
+    """Every pinned schedule; one whose finding is still open (`"open": true` in its file,
+    see /work/notes/sim_findings.md) is expected to fail, strictly: once the bug is fixed
+    the test says so, and the mark comes off."""
+    return [
+        pytest.param(path, marks=pytest.mark.xfail(strict=True, reason="open finding"))
+        if pinned.is_open(path)
+        else path
+        for path in pinned.every()
+    ]
+
+
+@pytest.mark.parametrize("path", _pinned(), ids=lambda path: path.stem)
 def test_a_schedule_that_found_a_bug(path: Path) -> None:
     result = run_schedule(*pinned.load(path), MemoryTier())
     if result.failed:
