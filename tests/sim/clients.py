@@ -36,7 +36,13 @@ class Cluster(Protocol):
 
     def live(self, preferred: int) -> Live | None: ...
 
-    async def call(self, process: Any, call: Callable[[], Awaitable[Any]]) -> Any: ...
+    async def call(
+        self,
+        process: Any,
+        call: Callable[[], Awaitable[Any]],
+        within: float | None = None,
+        deadline: tuple[float, int] | None = None,
+    ) -> Any: ...
 
     async def states(self) -> list[ExecutionState]: ...
 
@@ -91,7 +97,8 @@ async def send_command(world: Cluster, plan: CommandPlan) -> None:
         if plan.kind == "pause"
         else functools.partial(engine.resume_execution, target, inputs=plan.inputs)
     )
-    outcome = await world.call(process, call)
+    deadline = (plan.give_up, plan.give_up_turns) if plan.give_up >= 0 else None
+    outcome = await world.call(process, call, deadline=deadline)
     log.returned = _now()
     log.result = _describe(outcome)
     if isinstance(outcome, ExecutionState):
@@ -148,7 +155,7 @@ def _describe(outcome: Any) -> str:
     if isinstance(outcome, ExecutionState):
         return f"returned {outcome.status}"
     if isinstance(outcome, asyncio.CancelledError):
-        return "lost with its process"
+        return "lost (its process died, or its client gave up)"
     if isinstance(outcome, IllegalTransition):
         return f"refused ({outcome.current})"
     if isinstance(outcome, CommandNotTaken):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engine_service.core.errors import StorageError
+from tests.sim.tasks import in_process
 
 Mode = Literal["before", "after"]
 FaultKind = Literal[
@@ -227,6 +228,19 @@ class ProcessStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+    def on_command(self, callback: Callable[[str], None]) -> None:
+        """The shared in-memory store tells every engine of a command by calling it back
+        from the storing process's task: run the callback as this process's code instead
+        (what it starts belongs to this process), and not at all once this one is dead."""
+
+        def told(execution_id: str) -> None:
+            if not self.dead:
+                in_process(self.tag, callback, execution_id)
+
+        register = getattr(self._inner, "on_command", None)
+        if register is not None:
+            register(told)
 
     def _wrap(self, name: str, target: Callable[..., Any]) -> Callable[..., Any]:
         lazy = inspect.iscoroutinefunction(target)

@@ -11,10 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 _PROCESS: contextvars.ContextVar[str] = contextvars.ContextVar("sim_process", default="")
+
+
+def in_process(owner: str, call: Callable[..., Any], *args: Any) -> Any:
+    """Run `call(*args)` as code of process `owner`: the tasks it creates are its."""
+    context = contextvars.copy_context()
+    context.run(_PROCESS.set, owner)
+    return context.run(call, *args)
 
 
 class Tasks:

@@ -41,6 +41,7 @@ FEATURES = frozenset(
         "missing_inputs",  # steps that read an input given only on resume
         "commands",  # cancel, pause, resume at random times
         "child_commands",  # commands sent to a child execution
+        "impatient_clients",  # a client that gives up on its command (its call cancelled)
         "small_slots",  # few engine-wide step slots
         "concurrency_limits",  # the workflow's max_concurrent_steps
     }
@@ -82,6 +83,10 @@ class CommandPlan:
     inputs: Mapping[str, Any] = field(default_factory=dict)
     # Sent to one of the root's unfinished descendants (drawn when it is sent), not to it.
     child: bool = False
+    # The client gives up after this many seconds (then loop turns): its call is cancelled,
+    # as gRPC cancels the handler of a client that went away. -1: it waits.
+    give_up: float = -1.0
+    give_up_turns: int = 0
 
 
 @dataclass(frozen=True)
@@ -302,6 +307,12 @@ def make_scenario(seed: int, features: frozenset[str] | None = None) -> Scenario
     )
 
 
+def _impatience(rng: random.Random, features: frozenset[str]) -> dict[str, Any]:
+    if "impatient_clients" not in features or rng.random() < 0.7:
+        return {}
+    return {"give_up": rng.choice((0.0, 0.0, 0.5, 5.0)), "give_up_turns": rng.randint(0, 8)}
+
+
 def _commands(
     rng: random.Random, features: frozenset[str], roots: int, processes: int
 ) -> tuple[CommandPlan, ...]:
@@ -318,6 +329,7 @@ def _commands(
                     rng.randint(0, 12),
                     rng.randrange(processes),
                     child="child_commands" in features and rng.random() < 0.3,
+                    **_impatience(rng, features),
                 )
             )
         if rng.random() < 0.25:
@@ -339,6 +351,7 @@ def _commands(
                     rng.randint(0, 12),
                     rng.randrange(processes),
                     inputs={"x": rng.randint(10, 19)},
+                    **_impatience(rng, features),
                 )
             )
     return tuple(sorted(commands, key=lambda c: c.at))

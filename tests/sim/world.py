@@ -276,15 +276,26 @@ class World:
         return next((p for p in self.processes.values() if p.alive), None)
 
     async def call(
-        self, process: Process, call: Callable[[], Awaitable[Any]], within: float | None = None
+        self,
+        process: Process,
+        call: Callable[[], Awaitable[Any]],
+        within: float | None = None,
+        deadline: tuple[float, int] | None = None,
     ) -> Any:
         """Run `call()` as a task of `process`; its result, or the exception it ended with
-        (CancelledError if the process died meanwhile, TimeoutError if not over `within`)."""
+        (CancelledError if the process died meanwhile, TimeoutError if not over `within`).
+        With a `deadline` (seconds, then loop turns) the caller gives up: the task is
+        cancelled then, as gRPC cancels a handler whose client went away."""
 
         async def body() -> Any:
             return await call()
 
         task = self.tasks.spawn(process.tag, body())
+        if deadline is not None:
+            await asyncio.wait([task], timeout=deadline[0])
+            for _ in range(deadline[1]):
+                await asyncio.sleep(0)
+            task.cancel()
         await asyncio.wait([task], timeout=within)
         if not task.done():
             return TimeoutError()
