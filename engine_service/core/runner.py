@@ -128,9 +128,13 @@ class ExecutionRunner:
                     for step_id, step in self._state.steps.items()
                     if step.status is SS.PAUSED
                 ]
-                await self._commit_locked(events)
+                write = self._stage(events)
+                # Before awaiting the write: a caller cancelled meanwhile must not leave
+                # the run RUNNING with nothing started. What starts now is written after
+                # the resume, and a failed write stops the run (see `_commit_pipelined`).
                 self._running_gate.set()
                 self._wake()
+                await _durable(write)
                 return self._state
         raise self._refusal(ES.RUNNING)
 
