@@ -36,6 +36,7 @@ FaultKind = Literal[
     "outage",
     "stall",
     "join",
+    "twin",
 ]
 
 # Writes: what can fail. Commits: what a process can die between.
@@ -101,6 +102,10 @@ class Fault:
                 "stall": "store calls wait for the end",
             }[self.kind]
             return f"t={self.at:g}..{self.at + self.seconds:g}: {where}'s {what}"
+        if self.kind == "twin":
+            # A same-named process from before a restart that is not quite dead (paused,
+            # cut off): the leases do not tell the two apart, only their epochs do.
+            return f"t={self.at:g}: process {where} joins under p{self.nth}'s name"
         return f"t={self.at:g}: process {where} joins"
 
 
@@ -122,7 +127,7 @@ def make_faults(seed: int, shape: Shape, *, single_process: bool) -> tuple[Fault
         kinds: list[FaultKind] = ["kill", "kill", "stop", "kill_at_commit", "kill_at_commit"]
         kinds += ["fail_write", "fail_write", "fail_read", "outage", "stall"]
         if not single_process:
-            kinds += ["partition", "partition", "join"]
+            kinds += ["partition", "partition", "join", "twin"]
         kind = rng.choice(kinds)
         process = rng.randrange(processes)
         at = rng.uniform(0, span)
@@ -141,6 +146,9 @@ def make_faults(seed: int, shape: Shape, *, single_process: bool) -> tuple[Fault
             faults.append(Fault(kind, process, at, seconds=rng.uniform(0.5, 20)))
         elif kind == "stall":
             faults.append(Fault(kind, process, at, seconds=rng.uniform(1, 25)))
+        elif kind == "twin":
+            faults.append(Fault("twin", processes, at, nth=process))
+            processes += 1
         else:
             faults.append(Fault("join", processes, at))
             processes += 1

@@ -63,6 +63,7 @@ class World:
     tasks: Tasks = field(default_factory=Tasks)
     processes: dict[int, Process] = field(default_factory=dict)
     windows: dict[int, Windows] = field(default_factory=dict)
+    owners: dict[int, str] = field(default_factory=dict)  # lease owner names, by slot
     incarnations: dict[int, int] = field(default_factory=dict)
     roots: list[str | None] = field(default_factory=list)
     commands: list[CommandLog] = field(default_factory=list)
@@ -166,7 +167,8 @@ class World:
     async def _boot(self, slot: int) -> None:
         incarnation = self.incarnations[slot] = self.incarnations.get(slot, 0) + 1
         tag = f"p{slot}.{incarnation}"
-        raw = await self._held(self.tier.process_store(f"p{slot}"))
+        owner = self.owners.get(slot, f"p{slot}")
+        raw = await self._held(self.tier.process_store(owner))
         windows = self.windows.setdefault(slot, Windows())
         process: Process
         store = ProcessStore(
@@ -192,7 +194,7 @@ class World:
             rng=random.Random(f"engine-{self.seed}-{tag}"),
         )
         settings = LeaseSettings(
-            owner=f"p{slot}",
+            owner=owner,
             duration=self.scenario.lease[0],
             interval=self.scenario.lease[1],
             take_over_on_start=self.scenario.single_process,
@@ -307,7 +309,9 @@ class World:
 
     async def _fault(self, fault: Fault) -> None:
         self.fault_log.append((_now(), fault.describe()))
-        if fault.kind == "join":
+        if fault.kind in ("join", "twin"):
+            if fault.kind == "twin":
+                self.owners[fault.process] = f"p{fault.nth}"
             await self._boot(fault.process)
             return
         if fault.kind in ("partition", "outage", "stall"):
